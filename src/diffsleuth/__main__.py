@@ -1,0 +1,3 @@
+from diffsleuth.cli.main import app
+
+app(prog_name="diffsleuth")

@@ -1,0 +1,220 @@
+"""The detector interface every method implements, and its safe on-disk format.
+
+A saved detector is a folder with ``config.json`` (detector name, its config dataclass including
+the preprocessing it was trained with, the decision threshold and the SHA-256 of the weights) and
+``model.safetensors``. Weights are never unpickled: safetensors only, or, for foreign checkpoints,
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from diffsleuth.configs import config_from_dict, config_to_dict
+from diffsleuth.devices import resolve_device
+from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+GENERATED, REAL_LABEL = "generated", "real"
+
+
+class WeightsError(ValueError):
+    """Weights on disk are missing, tampered with, pickled, or do not fit the model."""
+
+
+@dataclass
+class Prediction:
+    """Score of one image: ``score`` is the probability that it was generated, in [0, 1]."""
+
+    score: float
+    label: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DetectorConfig:
+    """Fields every detector config has; subclasses add their own."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    threshold: float = 0.5
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_safetensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load tensors from a safetensors file, refusing pickles and files that fail their checksum."""
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        raise WeightsError(
+            f"{path}: this is a pickled (torch.save) file; diffsleuth only loads safetensors "
+            "weights, because unpickling can run arbitrary code"
+        )
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise WeightsError(
+            f"{path}: SHA-256 does not match the one recorded in {CONFIG_NAME}; the weights were "
+            "modified after saving (re-save with save_pretrained if that was intended)"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a valid safetensors file ({exc})") from exc
+
+
+def load_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Read a foreign ``.pt``/``.pth``/``.bin`` state dict without unpickling arbitrary objects."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError and others for unsafe content
+        raise WeightsError(f"{path}: refused to load ({exc.__class__.__name__}: {exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: expected a flat state dict of tensors")
+    return state
+
+
+class Detector(nn.Module):
+    """Base class: subclasses set ``name``, ``config_class`` and implement ``forward``.
+
+    ``forward`` takes a preprocessed batch and returns one logit of "generated" per image. Detectors
+    whose input is not a plain image batch (LaRE², DNF) override :meth:`score_images`. Modules named
+    in ``external_modules`` (frozen pretrained backbones referenced by id in the config) are not
+    saved in ``model.safetensors``.
+    """
+
+    name: ClassVar[str] = "base"
+    config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
+    external_modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return preprocess_batch(list(images), self.config.preprocess)
+
+    @torch.inference_mode()
+    def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[dict]]:
+        """Return P(generated) for each image (float32, CPU) and per-image extras."""
+        batch = self.preprocess(images).to(self.device, self.dtype)
+        logits = self(batch).float().reshape(-1)
+        return torch.sigmoid(logits).cpu(), [{} for _ in images]
+
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
+        """Score decoded RGB images; batches internally, keeps input order."""
+        was_training = self.training
+        self.eval()
+        out: list[Prediction] = []
+        try:
+            for start in range(0, len(images), batch_size):
+                chunk = list(images[start:start + batch_size])
+                probs, extras = self.score_images(chunk)
+                for p, extra in zip(probs.tolist(), extras):
+                    label = GENERATED if p >= self.config.threshold else REAL_LABEL
+                    out.append(Prediction(score=float(p), label=label, extras=extra))
+        finally:
+            self.train(was_training)
+        return out
+
+    def weights_state_dict(self) -> dict[str, torch.Tensor]:
+        skip = tuple(f"{m}." for m in self.external_modules)
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                if not k.startswith(skip)}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (atomically) and return the folder."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / WEIGHTS_NAME
+        tmp = directory / f".{WEIGHTS_NAME}.tmp"
+        state = self.weights_state_dict()
+        state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+        save_file(state, str(tmp), metadata={"format": "pt", "detector": self.name})
+        os.replace(tmp, weights)
+        meta = {
+            "detector": self.name,
+            "config": config_to_dict(self.config),
+            "weights_sha256": sha256_file(weights),
+        }
+        tmp_cfg = directory / f".{CONFIG_NAME}.tmp"
+        tmp_cfg.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp_cfg, directory / CONFIG_NAME)
+        return directory
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a state dict strictly, except for the external backbone modules."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        skip = tuple(f"{m}." for m in self.external_modules)
+        missing = [k for k in missing if not k.startswith(skip)]
+        if missing or unexpected:
+            raise WeightsError(
+                f"{source}: weights do not fit detector {self.name!r} "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+
+    @classmethod
+    def from_config(cls, config: DetectorConfig, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None) -> Detector:
+        """Build an untrained detector; subclasses load their external backbones here."""
+        model = cls(config)
+        return model.to(resolve_device(device), dtype=dtype)
+
+    @classmethod
+    def from_folder(cls, directory: Path, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None,
+                    config_overrides: dict[str, Any] | None = None) -> Detector:
+        meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+        data = dict(meta["config"])
+        data.update(config_overrides or {})
+        config = config_from_dict(cls.config_class, data)
+        state = read_safetensors(directory / WEIGHTS_NAME, meta.get("weights_sha256"))
+        model = cls.from_config(config, device="cpu")
+        model.load_weights(state, str(directory / WEIGHTS_NAME))
+        return model.to(resolve_device(device), dtype=dtype).eval()
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | os.PathLike | None = None,
+                        device: torch.device | str = "cpu",
+                        dtype: torch.dtype | None = None) -> Detector:
+        """Load a saved folder or a shipped model name; see :func:`load_detector`."""
+        from diffsleuth.detectors.registry import load_detector
+
+        model = load_detector(path_or_name, device=device, dtype=dtype)
+        if cls is not Detector and not isinstance(model, cls):
+            raise WeightsError(f"{path_or_name}: holds a {model.name!r} detector, not {cls.name!r}")
+        return model

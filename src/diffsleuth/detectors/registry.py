@@ -1,0 +1,79 @@
+"""Detectors by name: built-in classes load lazily, shipped weights resolve by name."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from diffsleuth.detectors.base import CONFIG_NAME, Detector, WeightsError
+
+_BUILTIN_MODULES = {
+    "judge": "diffsleuth.detectors.judge",
+    "lare2": "diffsleuth.detectors.lare2",
+    "dnf": "diffsleuth.detectors.dnf",
+    "dire": "diffsleuth.detectors.dnf",
+}
+_CLASSES: dict[str, type[Detector]] = {}
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED = {"default": WEIGHTS_DIR / "default"}
+DEFAULT_DETECTOR = "default"
+
+
+def register_detector(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: make ``cls`` loadable by its ``name``."""
+    _CLASSES[cls.name] = cls
+    return cls
+
+
+def detector_class(name: str) -> type[Detector]:
+    if name not in _CLASSES and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _CLASSES:
+        known = sorted(set(_CLASSES) | set(_BUILTIN_MODULES))
+        raise KeyError(f"unknown detector {name!r} (registered: {', '.join(known)})")
+    return _CLASSES[name]
+
+
+def available_detectors() -> list[str]:
+    return sorted(set(_CLASSES) | set(_BUILTIN_MODULES))
+
+
+def resolve_detector_path(path_or_name: str | os.PathLike | None) -> Path:
+    """A folder with ``config.json``, or the folder of a shipped model name."""
+    key = DEFAULT_DETECTOR if path_or_name is None else str(path_or_name)
+    if key in SHIPPED:
+        folder = SHIPPED[key]
+        if not (folder / CONFIG_NAME).is_file():
+            raise WeightsError(f"shipped detector {key!r} is missing from this install ({folder})")
+        return folder
+    folder = Path(key)
+    if folder.is_dir() and (folder / CONFIG_NAME).is_file():
+        return folder
+    if folder.is_dir():
+        raise WeightsError(f"{folder}: no {CONFIG_NAME}; is this a detector saved with save_pretrained?")
+    if key in _CLASSES or key in _BUILTIN_MODULES:
+        raise WeightsError(
+            f"detector {key!r} has no shipped weights: train one (`diffsleuth train {key} ...`) "
+            "and pass the output folder"
+        )
+    raise WeightsError(
+        f"{key!r} is neither a detector folder nor a shipped model "
+        f"(shipped: {', '.join(SHIPPED)}; trainable: {', '.join(available_detectors())})"
+    )
+
+
+def load_detector(path_or_name: str | os.PathLike | None = None,
+                  device: torch.device | str = "cpu",
+                  dtype: torch.dtype | None = None) -> Detector:
+    """Load a detector from a saved folder or a shipped name; ``None`` gives the default detector."""
+    folder = resolve_detector_path(path_or_name)
+    try:
+        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        name = meta["detector"]
+    except (json.JSONDecodeError, KeyError, OSError) as exc:
+        raise WeightsError(f"{folder / CONFIG_NAME}: unreadable detector config ({exc})") from exc
+    return detector_class(name).from_folder(folder, device=device, dtype=dtype)

@@ -1,0 +1,96 @@
+"""Training recipes by name, with one config shape the CLI can fill from JSON and overrides.
+
+Every recipe's config extends :class:`TrainConfig` (data, output, device, seed, split fractions)
+and its ``run(config) -> Path`` trains, selects the checkpoint on the validation split only, and
+saves a detector folder with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffsleuth.io.datasets import ImageRecord, assign_splits, load_records
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)
+    output: str = "runs/detector"
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_group: str = "path"
+    max_images: int | None = None
+
+
+@dataclass
+class TrainerSpec:
+    name: str
+    config_class: type[TrainConfig]
+    run: Callable[[Any], Any]
+
+
+_BUILTIN_MODULES = {
+    "judge": "diffsleuth.detectors.judge_training",
+    "lare2": "diffsleuth.detectors.lare2_training",
+    "dnf": "diffsleuth.detectors.dnf_training",
+    "dire": "diffsleuth.detectors.dnf_training",
+}
+_TRAINERS: dict[str, TrainerSpec] = {}
+
+
+def register_trainer(name: str, config_class: type[TrainConfig]):
+    def wrap(run: Callable[[Any], Any]):
+        _TRAINERS[name] = TrainerSpec(name, config_class, run)
+        return run
+
+    return wrap
+
+
+def trainer_spec(name: str) -> TrainerSpec:
+    if name not in _TRAINERS and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _TRAINERS:
+        known = sorted(set(_TRAINERS) | set(_BUILTIN_MODULES))
+        raise KeyError(f"unknown training recipe {name!r} (registered: {', '.join(known)})")
+    return _TRAINERS[name]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def split_records(config: TrainConfig) -> dict[str, list[ImageRecord]]:
+    """Load every data root and split train/val/test deterministically (existing splits kept)."""
+    if not config.data:
+        raise ValueError("no training data given (set `data`, e.g. --data path/to/dataset)")
+    records: list[ImageRecord] = []
+    for root in config.data:
+        records.extend(r for r in load_records(root) if r.label is not None)
+    if not records:
+        raise ValueError(f"no labelled images found in {config.data}")
+    records = assign_splits(records, config.val_fraction, config.test_fraction, config.seed,
+                            group=config.split_group)
+    if config.max_images is not None:
+        rng = random.Random(config.seed)
+        rng.shuffle(records)
+        records = sorted(records[: config.max_images], key=lambda r: str(r.path))
+    splits: dict[str, list[ImageRecord]] = {"train": [], "val": [], "test": []}
+    for record in records:
+        splits.setdefault(record.split or "train", []).append(record)
+    if not splits["train"]:
+        raise ValueError("the training split is empty")
+    return splits

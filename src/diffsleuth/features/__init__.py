@@ -1,0 +1,1 @@
+"""Forensic features (LaRE, DNF, DIRE): pure tensor functions plus batched, cached extractors."""

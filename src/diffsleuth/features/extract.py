@@ -1,0 +1,113 @@
+"""Batched feature extraction over a dataset, through the feature cache.
+
+Extractors register by name (``lare``, ``dnf``, ``dire``). Running an extraction skips every image
+already in the cache, so re-runs cost nothing and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from diffsleuth.features.cache import FeatureCache, content_hash
+from diffsleuth.io.datasets import ImageRecord
+from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+
+class FeatureExtractor(Protocol):
+    """Computes features for a batch of decoded images."""
+
+    def cache_config(self) -> dict[str, Any]:
+        """Everything that determines the output (backbone, sizes, seeds), for the cache key."""
+
+    def extract(self, images: list[Image.Image], records: list[ImageRecord]) -> dict[str, torch.Tensor]:
+        """Return tensors whose first dimension is the batch."""
+
+
+@dataclass
+class ExtractorSpec:
+    name: str
+    config_class: type
+    build: Callable[[Any, torch.device, torch.dtype], FeatureExtractor]
+
+
+_BUILTIN_MODULES = {
+    "lare": "diffsleuth.features.lare",
+    "dnf": "diffsleuth.features.dnf",
+    "dire": "diffsleuth.features.dire",
+}
+_EXTRACTORS: dict[str, ExtractorSpec] = {}
+
+
+def register_extractor(name: str, config_class: type):
+    """Decorator for ``build(config, device, dtype) -> FeatureExtractor``."""
+
+    def wrap(build: Callable[[Any, torch.device, torch.dtype], FeatureExtractor]):
+        _EXTRACTORS[name] = ExtractorSpec(name, config_class, build)
+        return build
+
+    return wrap
+
+
+def extractor_spec(name: str) -> ExtractorSpec:
+    if name not in _EXTRACTORS and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _EXTRACTORS:
+        known = sorted(set(_EXTRACTORS) | set(_BUILTIN_MODULES))
+        raise KeyError(f"unknown feature {name!r} (registered: {', '.join(known)})")
+    return _EXTRACTORS[name]
+
+
+@dataclass
+class ExtractionReport:
+    computed: int = 0
+    cached: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def extract_records(
+    extractor: FeatureExtractor,
+    records: Sequence[ImageRecord],
+    cache: FeatureCache,
+    batch_size: int = 8,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool | None = None,
+) -> ExtractionReport:
+    """Fill ``cache`` with features of every record; undecodable files are reported, not fatal.
+
+    ``progress=None`` shows a bar only on a terminal.
+    """
+    report = ExtractionReport()
+    pending: list[tuple[str, ImageRecord]] = []
+    for record in records:
+        key = content_hash(record.path)
+        if key in cache:
+            report.cached += 1
+        else:
+            pending.append((key, record))
+    bar = tqdm(total=len(pending), desc="extract", unit="img", disable=None if progress is None else not progress)
+    try:
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start:start + batch_size]
+            images, keep = [], []
+            for key, record in chunk:
+                try:
+                    images.append(decode_image(record.path, max_pixels=max_pixels))
+                    keep.append((key, record))
+                except ImageDecodeError as exc:
+                    report.failed.append((str(record.path), exc.reason))
+            if images:
+                features = extractor.extract(images, [r for _, r in keep])
+                for i, (key, _) in enumerate(keep):
+                    cache.put(key, {name: value[i] for name, value in features.items()})
+                    report.computed += 1
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return report

@@ -1,0 +1,97 @@
+"""The preprocessing a model was trained with, stored in its ``config.json``.
+
+Like timm's ``pretrained_cfg``: size, crop/resize policy and normalisation travel with the weights,
+so inference cannot drift from training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PreprocessConfig:
+    """How an image becomes a model input.
+
+    ``policy``: ``resize`` (whole image to size x size), ``center_crop`` (pad if smaller, then crop
+    the centre: no resampling, so pixel statistics survive), or ``resize_center_crop`` (shorter
+    side to size, then centre crop). ``mean``/``std`` apply after scaling to [0, 1];
+    mean 0.5/std 0.5 gives [-1, 1].
+    """
+
+    size: int = 256
+    policy: str = "resize"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("resize", "center_crop", "resize_center_crop"):
+            raise ValueError(f"unknown preprocessing policy {self.policy!r}")
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        self.mean = tuple(self.mean)
+        self.std = tuple(self.std)
+
+
+def pad_to(image: Image.Image, size: int) -> Image.Image:
+    """Pad symmetrically with reflection to at least size x size (no resampling)."""
+    if image.width >= size and image.height >= size:
+        return image
+    array = np.asarray(image)
+    pad_h = max(0, size - image.height)
+    pad_w = max(0, size - image.width)
+    mode = "reflect" if pad_h < image.height and pad_w < image.width else "edge"
+    array = np.pad(array, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
+                   mode=mode)
+    return Image.fromarray(array)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    image = pad_to(image, size)
+    left = (image.width - size) // 2
+    top = (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def geometry(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """Apply the size policy only (no normalisation): the region the model sees."""
+    resample = _RESAMPLE[cfg.interpolation]
+    if cfg.policy == "resize":
+        if image.size == (cfg.size, cfg.size):
+            return image
+        return image.resize((cfg.size, cfg.size), resample, reducing_gap=None)
+    if cfg.policy == "resize_center_crop":
+        scale = cfg.size / min(image.size)
+        if scale != 1:
+            new = (max(cfg.size, round(image.width * scale)), max(cfg.size, round(image.height * scale)))
+            image = image.resize(new, resample, reducing_gap=None)
+    return center_crop(image, cfg.size)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """uint8 HWC RGB -> float CHW in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def normalize(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    mean = torch.tensor(cfg.mean, dtype=batch.dtype, device=batch.device).view(-1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=batch.dtype, device=batch.device).view(-1, 3, 1, 1)
+    return (batch - mean) / std
+
+
+def preprocess_batch(images: list[Image.Image], cfg: PreprocessConfig) -> torch.Tensor:
+    """Images -> normalised float32 batch (B, 3, size, size) on the CPU."""
+    batch = torch.stack([to_tensor(geometry(img, cfg)) for img in images])
+    return normalize(batch, cfg)
