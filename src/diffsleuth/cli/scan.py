@@ -68,6 +68,7 @@ def scan(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
+    summary: Annotated[bool, typer.Option("--summary", help="Print counts per label to stderr.")] = False,
 ) -> None:
     """Score images: probability that each was generated, one row per input.
 
@@ -102,6 +103,10 @@ def scan(
     else:
         sys.stdout.write(render(rows, fmt, colour=sys.stdout.isatty()))
     failed = sum(1 for r in results if r.error)
+    if summary:
+        generated = sum(1 for r in results if r.label == "generated")
+        err_console.print(f"{len(results)} inputs: {generated} generated, "
+                          f"{len(results) - generated - failed} real, {failed} unreadable")
     if failed:
         err_console.print(f"[yellow]{failed} of {len(results)} inputs could not be scored[/]")
     raise typer.Exit(EXIT_PARTIAL if failed else EXIT_OK)
