@@ -64,13 +64,6 @@ def read_safetensors(path: Path, expected_sha256: str | None = None) -> dict[str
     """Load tensors from a safetensors file, refusing pickles and files that fail their checksum."""
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    with path.open("rb") as handle:
-        head = handle.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
-        raise WeightsError(
-            f"{path}: this is a pickled (torch.save) file; diffsleuth only loads safetensors "
-            "weights, because unpickling can run arbitrary code"
-        )
     if expected_sha256 is not None and sha256_file(path) != expected_sha256:
         raise WeightsError(
             f"{path}: SHA-256 does not match the one recorded in {CONFIG_NAME}; the weights were "
@@ -79,6 +72,13 @@ def read_safetensors(path: Path, expected_sha256: str | None = None) -> dict[str
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
+        with path.open("rb") as handle:
+            head = handle.read(2)
+        if head == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise WeightsError(
+                f"{path}: this is a pickled (torch.save) file; diffsleuth only loads safetensors "
+                "weights, because unpickling can run arbitrary code"
+            ) from exc
         raise WeightsError(f"{path}: not a valid safetensors file ({exc})") from exc
 
 
@@ -178,7 +178,10 @@ class Detector(nn.Module):
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Load a state dict strictly, except for the external backbone modules."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise WeightsError(f"{source}: weights do not fit detector {self.name!r} ({exc})") from exc
         skip = tuple(f"{m}." for m in self.external_modules)
         missing = [k for k in missing if not k.startswith(skip)]
         if missing or unexpected:
