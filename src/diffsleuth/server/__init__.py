@@ -1,0 +1,1 @@
+"""HTTP service: the same detectors and decoding as the CLI, behind FastAPI."""
