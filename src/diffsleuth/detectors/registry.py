@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -10,14 +9,14 @@ from pathlib import Path
 import torch
 
 from diffsleuth.detectors.base import CONFIG_NAME, Detector, WeightsError
+from diffsleuth.registry import LazyRegistry
 
-_BUILTIN_MODULES = {
+_DETECTORS: LazyRegistry[type[Detector]] = LazyRegistry("detector", {
     "judge": "diffsleuth.detectors.judge",
     "lare2": "diffsleuth.detectors.lare2",
     "dnf": "diffsleuth.detectors.dnf",
     "dire": "diffsleuth.detectors.dnf",
-}
-_CLASSES: dict[str, type[Detector]] = {}
+})
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED = {"default": WEIGHTS_DIR / "default"}
 DEFAULT_DETECTOR = "default"
@@ -25,21 +24,15 @@ DEFAULT_DETECTOR = "default"
 
 def register_detector(cls: type[Detector]) -> type[Detector]:
     """Class decorator: make ``cls`` loadable by its ``name``."""
-    _CLASSES[cls.name] = cls
-    return cls
+    return _DETECTORS.register(cls.name, cls)
 
 
 def detector_class(name: str) -> type[Detector]:
-    if name not in _CLASSES and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _CLASSES:
-        known = sorted(set(_CLASSES) | set(_BUILTIN_MODULES))
-        raise KeyError(f"unknown detector {name!r} (registered: {', '.join(known)})")
-    return _CLASSES[name]
+    return _DETECTORS.get(name)
 
 
 def available_detectors() -> list[str]:
-    return sorted(set(_CLASSES) | set(_BUILTIN_MODULES))
+    return _DETECTORS.names()
 
 
 def resolve_detector_path(path_or_name: str | os.PathLike | None) -> Path:
@@ -55,7 +48,7 @@ def resolve_detector_path(path_or_name: str | os.PathLike | None) -> Path:
         return folder
     if folder.is_dir():
         raise WeightsError(f"{folder}: no {CONFIG_NAME}; is this a detector saved with save_pretrained?")
-    if key in _CLASSES or key in _BUILTIN_MODULES:
+    if key in _DETECTORS:
         raise WeightsError(
             f"detector {key!r} has no shipped weights: train one (`diffsleuth train {key} ...`) "
             "and pass the output folder"

@@ -7,7 +7,6 @@ saves a detector folder with ``save_pretrained``.
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from diffsleuth.io.datasets import ImageRecord, assign_splits, load_records
+from diffsleuth.registry import LazyRegistry
 
 
 @dataclass
@@ -39,30 +39,24 @@ class TrainerSpec:
     run: Callable[[Any], Any]
 
 
-_BUILTIN_MODULES = {
+_TRAINERS: LazyRegistry[TrainerSpec] = LazyRegistry("training recipe", {
     "judge": "diffsleuth.detectors.judge_training",
     "lare2": "diffsleuth.detectors.lare2_training",
     "dnf": "diffsleuth.detectors.dnf_training",
     "dire": "diffsleuth.detectors.dnf_training",
-}
-_TRAINERS: dict[str, TrainerSpec] = {}
+})
 
 
 def register_trainer(name: str, config_class: type[TrainConfig]):
     def wrap(run: Callable[[Any], Any]):
-        _TRAINERS[name] = TrainerSpec(name, config_class, run)
+        _TRAINERS.register(name, TrainerSpec(name, config_class, run))
         return run
 
     return wrap
 
 
 def trainer_spec(name: str) -> TrainerSpec:
-    if name not in _TRAINERS and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _TRAINERS:
-        known = sorted(set(_TRAINERS) | set(_BUILTIN_MODULES))
-        raise KeyError(f"unknown training recipe {name!r} (registered: {', '.join(known)})")
-    return _TRAINERS[name]
+    return _TRAINERS.get(name)
 
 
 def seed_everything(seed: int) -> torch.Generator:

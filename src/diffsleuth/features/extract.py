@@ -6,7 +6,6 @@ already in the cache, so re-runs cost nothing and an interrupted run resumes whe
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 from diffsleuth.features.cache import FeatureCache, content_hash
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from diffsleuth.registry import LazyRegistry
 
 
 class FeatureExtractor(Protocol):
@@ -37,31 +37,25 @@ class ExtractorSpec:
     build: Callable[[Any, torch.device, torch.dtype], FeatureExtractor]
 
 
-_BUILTIN_MODULES = {
+_EXTRACTORS: LazyRegistry[ExtractorSpec] = LazyRegistry("feature", {
     "lare": "diffsleuth.features.lare",
     "dnf": "diffsleuth.features.dnf",
     "dire": "diffsleuth.features.dire",
-}
-_EXTRACTORS: dict[str, ExtractorSpec] = {}
+})
 
 
 def register_extractor(name: str, config_class: type):
     """Decorator for ``build(config, device, dtype) -> FeatureExtractor``."""
 
     def wrap(build: Callable[[Any, torch.device, torch.dtype], FeatureExtractor]):
-        _EXTRACTORS[name] = ExtractorSpec(name, config_class, build)
+        _EXTRACTORS.register(name, ExtractorSpec(name, config_class, build))
         return build
 
     return wrap
 
 
 def extractor_spec(name: str) -> ExtractorSpec:
-    if name not in _EXTRACTORS and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _EXTRACTORS:
-        known = sorted(set(_EXTRACTORS) | set(_BUILTIN_MODULES))
-        raise KeyError(f"unknown feature {name!r} (registered: {', '.join(known)})")
-    return _EXTRACTORS[name]
+    return _EXTRACTORS.get(name)
 
 
 @dataclass
