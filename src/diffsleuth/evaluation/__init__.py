@@ -1,0 +1,1 @@
+"""Evaluation: metrics, scoring runs, robustness sweeps, shortcut audits and reports."""
