@@ -28,11 +28,17 @@ from tqdm.auto import tqdm
 
 from diffsleuth.configs import config_to_dict
 from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, centre_offset, crop_aligned
-from diffsleuth.detectors.training import TrainConfig, register_trainer, seed_everything, split_records
+from diffsleuth.detectors.training import (
+    TrainConfig,
+    best_threshold,
+    register_trainer,
+    seed_everything,
+    split_records,
+)
 from diffsleuth.devices import resolve_device, resolve_dtype
-from diffsleuth.features.cache import FeatureCache, content_hash
-from diffsleuth.features.extract import extract_records
-from diffsleuth.features.lare import LareExtractor, frame_tensor, image_seed, record_prompt
+from diffsleuth.features.cache import FeatureCache
+from diffsleuth.features.extract import ReencodedExtractor, extract_splits
+from diffsleuth.features.lare import frame_tensor, image_seed, record_prompt
 from diffsleuth.io.datasets import ImageRecord, stable_fraction
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import blur, jpeg, parse_degradation
@@ -78,21 +84,6 @@ class Lare2TrainConfig(TrainConfig):
         if self.select_metric not in METRICS:
             raise ValueError(f"select_metric must be one of {METRICS}, not {self.select_metric!r}")
         parse_degradation(self.reencode)
-
-
-class ReencodedExtractor:
-    """Applies the dataset re-encoding before LaRE, and keys the cache by it."""
-
-    def __init__(self, extractor: LareExtractor, reencode: str) -> None:
-        self.extractor = extractor
-        self.degrade = parse_degradation(reencode)
-
-    def cache_config(self) -> dict[str, Any]:
-        config = self.extractor.cache_config()
-        return config if not self.degrade.steps else {**config, "reencode": str(self.degrade)}
-
-    def extract(self, images: list[Image.Image], records: list[ImageRecord]) -> dict[str, torch.Tensor]:
-        return self.extractor.extract([self.degrade(img) for img in images], records)
 
 
 class LareCropDataset(Dataset):
@@ -179,16 +170,6 @@ def predict_loader(detector: Lare2Detector, network: torch.nn.Module, loader: Da
     return p, y, sum(losses) / max(1, len(y))
 
 
-def best_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The threshold with the highest accuracy (midpoints between sorted scores; 0.5 if degenerate)."""
-    values = np.unique(probs)
-    if len(values) < 2 or len(np.unique(labels)) < 2:
-        return 0.5
-    candidates = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2, [1.0]])
-    accs = [float(((probs >= t) == labels).mean()) for t in candidates]
-    return float(candidates[int(np.argmax(accs))])
-
-
 def metrics(probs: np.ndarray, labels: np.ndarray, loss: float, threshold: float = 0.5) -> dict[str, Any]:
     both = len(np.unique(labels)) == 2
     return {
@@ -227,21 +208,6 @@ def training_splits(config: Lare2TrainConfig) -> dict[str, list[ImageRecord]]:
     return {name: splits[name] for name in ("train", "val", "test")}
 
 
-def _extract_all(extractor: ReencodedExtractor, splits: dict[str, list[ImageRecord]],
-                 config: Lare2TrainConfig) -> tuple[FeatureCache, dict[str, list[tuple[ImageRecord, str]]]]:
-    """Fill the cache for every split; drop undecodable images (reported) from training."""
-    cache = FeatureCache(config.cache, extractor.cache_config())
-    everything = [r for part in splits.values() for r in part]
-    report = extract_records(extractor, everything, cache, batch_size=config.extract_batch_size)
-    failed = {p for p, _ in report.failed}
-    for path, reason in report.failed:
-        tqdm.write(f"skipping {path}: {reason}")
-    tqdm.write(f"LaRE: {report.computed} computed, {report.cached} cached -> {cache.directory}")
-    keyed = {name: [(r, content_hash(r.path)) for r in part if str(r.path) not in failed]
-             for name, part in splits.items()}
-    return cache, keyed
-
-
 def _loader(items: list[tuple[ImageRecord, str]], cache: FeatureCache, detector: Lare2Detector,
             config: Lare2TrainConfig, train: bool, generator: torch.Generator | None = None) -> DataLoader:
     dataset = LareCropDataset([r for r, _ in items], [k for _, k in items], cache,
@@ -262,7 +228,8 @@ def run(config: Lare2TrainConfig) -> Path:
     detector = Lare2Detector.from_config(config.detector, device="cpu")
     detector.lare_backbone.to(accelerator.device, sd_dtype)
     detector.network.to(accelerator.device)
-    cache, items = _extract_all(ReencodedExtractor(detector.lare_backbone, config.reencode), splits, config)
+    cache, items = extract_splits(ReencodedExtractor(detector.lare_backbone, config.reencode), splits,
+                                 config.cache, config.extract_batch_size)
     if not items["train"]:
         raise ValueError("no decodable training images")
     train_loader = _loader(items["train"], cache, detector, config, True, generator)

@@ -88,3 +88,13 @@ def split_records(config: TrainConfig) -> dict[str, list[ImageRecord]]:
     if not splits["train"]:
         raise ValueError("the training split is empty")
     return splits
+
+
+def best_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The accuracy-maximising threshold on VALIDATION scores (midpoints; 0.5 if degenerate)."""
+    values = np.unique(probs)
+    if len(values) < 2 or len(np.unique(labels)) < 2:
+        return 0.5
+    candidates = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2, [1.0]])
+    accs = [float(((probs >= t) == labels).mean()) for t in candidates]
+    return float(candidates[int(np.argmax(accs))])

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from diffsleuth.features.cache import FeatureCache, content_hash
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from diffsleuth.io.degrade import parse_degradation
 from diffsleuth.registry import LazyRegistry
 
 
@@ -56,6 +57,22 @@ def register_extractor(name: str, config_class: type):
 
 def extractor_spec(name: str) -> ExtractorSpec:
     return _EXTRACTORS.get(name)
+
+
+class ReencodedExtractor:
+    """Re-encode every image of both classes the same way (e.g. ``jpeg:90``) before extraction,
+    to neutralise a dataset's format shortcut; the re-encoding is part of the cache key."""
+
+    def __init__(self, extractor: FeatureExtractor, reencode: str) -> None:
+        self.extractor = extractor
+        self.degrade = parse_degradation(reencode)
+
+    def cache_config(self) -> dict[str, Any]:
+        config = self.extractor.cache_config()
+        return config if not self.degrade.steps else {**config, "reencode": str(self.degrade)}
+
+    def extract(self, images: list[Image.Image], records: list[ImageRecord]) -> dict[str, torch.Tensor]:
+        return self.extractor.extract([self.degrade(img) for img in images], records)
 
 
 @dataclass
@@ -105,3 +122,25 @@ def extract_records(
     finally:
         bar.close()
     return report
+
+
+def extract_splits(
+    extractor: FeatureExtractor,
+    splits: dict[str, list[ImageRecord]],
+    cache_root: str,
+    batch_size: int = 8,
+) -> tuple[FeatureCache, dict[str, list[tuple[ImageRecord, str]]]]:
+    """Fill the cache for every split; return (cache, split -> [(record, cache key)]).
+
+    Undecodable images are reported and left out, so training never stops on one bad file.
+    """
+    cache = FeatureCache(cache_root, extractor.cache_config())
+    everything = [r for part in splits.values() for r in part]
+    report = extract_records(extractor, everything, cache, batch_size=batch_size)
+    failed = {p for p, _ in report.failed}
+    for path, reason in report.failed:
+        tqdm.write(f"skipping {path}: {reason}")
+    tqdm.write(f"features: {report.computed} computed, {report.cached} cached -> {cache.directory}")
+    keyed = {name: [(r, content_hash(r.path)) for r in part if str(r.path) not in failed]
+             for name, part in splits.items()}
+    return cache, keyed
