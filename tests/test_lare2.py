@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from conftest import random_photo
-from diffsleuth.configs import config_from_dict, config_to_dict
+from diffsleuth.settings import config_from_dict, config_to_dict
 from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, centre_offset, crop_aligned
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.features.lare import LareConfig
@@ -178,7 +178,7 @@ def test_genimage_val_becomes_test_and_validation_is_held_out_of_train(tmp_path)
 def test_shipped_genimage_config_parses():
     from pathlib import Path
 
-    from diffsleuth.configs import load_json
+    from diffsleuth.settings import load_json
     from diffsleuth.detectors.lare2_training import Lare2TrainConfig
 
     path = Path(__file__).resolve().parent.parent / "configs" / "lare2-genimage.json"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffsleuth.cli.app import EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage, progress_enabled
-from diffsleuth.configs import apply_overrides, config_from_dict, load_json
+from diffsleuth.settings import apply_overrides, config_from_dict, load_json
 from diffsleuth.devices import resolve_device, resolve_dtype
 from diffsleuth.features.cache import FeatureCache
 from diffsleuth.features.extract import extract_records, extractor_spec

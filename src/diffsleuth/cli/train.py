@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffsleuth.cli.app import app, err_console, fail_usage
-from diffsleuth.configs import apply_overrides, config_from_dict, config_to_dict, load_json
+from diffsleuth.settings import apply_overrides, config_from_dict, config_to_dict, load_json
 from diffsleuth.detectors.training import trainer_spec
 from diffsleuth.io.datasets import DatasetError
 

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffsleuth.configs import config_from_dict, config_to_dict
+from diffsleuth.settings import config_from_dict, config_to_dict
 from diffsleuth.devices import resolve_device
 from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
 

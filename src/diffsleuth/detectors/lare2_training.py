@@ -26,7 +26,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diffsleuth.configs import config_to_dict
+from diffsleuth.settings import config_to_dict
 from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, centre_offset, crop_aligned
 from diffsleuth.detectors.training import (
     TrainConfig,

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from diffsleuth.backbones.loading import SD15_ID, StableDiffusionParts, load_stable_diffusion
-from diffsleuth.configs import config_to_dict
+from diffsleuth.settings import config_to_dict
 from diffsleuth.features.extract import register_extractor
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.preprocess import PreprocessConfig, geometry, to_tensor
