@@ -1,0 +1,249 @@
+"""Train a natural-trace judge: shortcut-resistant augmentation, extended SupCon, calibration on val.
+
+Both classes go through the same random degradation (downscale, blur, JPEG at a random quality)
+before a small random crop, so neither compression history, scale nor image content separates
+them as well as pixel statistics do. The checkpoint is chosen by validation AUC under a fixed,
+seeded degradation of the same kind; the logistic calibration and the threshold are fitted on the
+validation split too. Families named in ``holdout_families`` never reach training or validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from diffsleuth.settings import config_to_dict
+from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, grid_crops, judge_loss
+from diffsleuth.detectors.training import TrainConfig, register_trainer, seed_everything, split_records
+from diffsleuth.io.datasets import ImageRecord
+from diffsleuth.io.decode import decode_image
+from diffsleuth.io.degrade import blur, downscale, jpeg
+from diffsleuth.io.preprocess import PreprocessConfig, normalize, pad_to, to_tensor
+
+TRAINING_LOG = "training_log.json"
+
+
+@dataclass
+class JudgeTrainConfig(TrainConfig):
+    """Everything ``diffsleuth train judge`` reads; the model fields become the detector's config."""
+
+    output: str = "runs/judge"
+    model: JudgeConfig = field(default_factory=JudgeConfig)
+    holdout_families: list[str] = field(default_factory=list)
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    crop_size: int = 96
+    temperature: float = 0.07
+    trace_temperature: float = 0.1
+    trace_weight: float = 1.0
+    fake_margin: float = 0.0
+    pull_fakes: bool = False
+    real_only: bool = False
+    jpeg_prob: float = 1.0
+    jpeg_quality: tuple[int, int] = (60, 100)
+    rescale_prob: float = 0.5
+    rescale_range: tuple[float, float] = (0.5, 1.0)
+    blur_prob: float = 0.1
+    blur_sigma: tuple[float, float] = (0.2, 1.0)
+    val_size: int = 128
+    target_fpr: float = 0.05
+    threads: int | None = None
+
+
+def degrade(image: Image.Image, cfg: JudgeTrainConfig, rng: random.Random) -> Image.Image:
+    """The training degradation, identical in distribution for real and generated images."""
+    if rng.random() < cfg.rescale_prob:
+        image = downscale(image, rng.uniform(*cfg.rescale_range))
+    if rng.random() < cfg.blur_prob:
+        image = blur(image, rng.uniform(*cfg.blur_sigma))
+    if rng.random() < cfg.jpeg_prob:
+        image = jpeg(image, rng.randint(*cfg.jpeg_quality))
+    return image
+
+
+def random_crop(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    image = pad_to(image, size)
+    left = rng.randint(0, image.width - size)
+    top = rng.randint(0, image.height - size)
+    crop = image.crop((left, top, left + size, top + size))
+    return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
+
+
+def train_batch(images: Sequence[Image.Image], cfg: JudgeTrainConfig,
+                preprocess: PreprocessConfig, rng: random.Random) -> torch.Tensor:
+    tiles = [to_tensor(random_crop(degrade(img, cfg, rng), cfg.crop_size, rng)) for img in images]
+    return normalize(torch.stack(tiles), preprocess)
+
+
+def fixed_eval_batch(images: Sequence[Image.Image], records: Sequence[ImageRecord],
+                     cfg: JudgeTrainConfig, preprocess: PreprocessConfig, size: int) -> torch.Tensor:
+    """Validation input: each image degraded with its own seeded draw, then centre-cropped."""
+    tiles = []
+    for img, record in zip(images, records):
+        rng = random.Random(f"{cfg.seed}:{record.path.name}")
+        tiles.append(to_tensor(grid_crops(degrade(img, cfg, rng), size, 1)[0]))
+    return normalize(torch.stack(tiles), preprocess)
+
+
+@torch.inference_mode()
+def trace_scores(model: JudgeDetector, batch: torch.Tensor, chunk: int = 64) -> np.ndarray:
+    model.eval()
+    out = [model.trace_score(batch[i:i + chunk].to(model.device)).float().cpu()
+           for i in range(0, len(batch), chunk)]
+    return torch.cat(out).numpy()
+
+
+def auc_of(labels: np.ndarray, trace_sim: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(labels.tolist())) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, -trace_sim))
+
+
+def fit_calibration(labels: np.ndarray, trace_sim: np.ndarray, target_fpr: float) -> tuple[float, float, float]:
+    """Class-balanced logistic fit of P(generated) on the trace score; threshold from val reals.
+
+    The threshold is 0.5 unless more than ``target_fpr`` of the validation reals would be flagged
+    at 0.5, in which case it rises to their (1 - target_fpr) quantile.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(labels.tolist())) < 2:
+        return -10.0, 5.0, 0.5
+    fit = LogisticRegression(C=1e4, class_weight="balanced").fit(trace_sim.reshape(-1, 1), labels)
+    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    probs = 1.0 / (1.0 + np.exp(-(slope * trace_sim + intercept)))
+    return slope, intercept, choose_threshold(probs[labels == 0], target_fpr)
+
+
+def choose_threshold(real_probs: np.ndarray, target_fpr: float) -> float:
+    """0.5, raised to the (1 - target_fpr) quantile of validation reals when that is higher."""
+    if real_probs.size == 0:
+        return 0.5
+    return min(max(0.5, float(np.quantile(real_probs, 1.0 - target_fpr))), 0.999)
+
+
+def load_images(records: Sequence[ImageRecord], desc: str) -> list[Image.Image]:
+    return [decode_image(r.path) for r in tqdm(records, desc=desc, leave=False)]
+
+
+def usable_splits(cfg: JudgeTrainConfig) -> dict[str, list[ImageRecord]]:
+    """Train/val/test splits with held-out families removed from train and val."""
+    splits = split_records(cfg)
+    held = set(cfg.holdout_families)
+    for name in ("train", "val"):
+        splits[name] = [r for r in splits[name] if r.family not in held]
+    if cfg.real_only:
+        splits["train"] = [r for r in splits["train"] if r.label == 0]
+    return splits
+
+
+def train_epoch(accelerator, model, optimizer, scheduler, cfg: JudgeTrainConfig,
+                make_batch, batches: list[list[int]], desc: str) -> list[dict[str, float]]:
+    """One pass over ``batches`` of indices; returns the loss parts of every step."""
+    model.train()
+    net = accelerator.unwrap_model(model)
+    losses = []
+    bar = tqdm(batches, desc=desc, leave=False)
+    for idx in bar:
+        batch, labels = make_batch(idx)
+        with accelerator.autocast():
+            z = net.embed(batch.to(accelerator.device))
+            parts = judge_loss(z.float(), labels.to(accelerator.device), net.traces.float(),
+                               cfg.temperature, cfg.trace_temperature, cfg.trace_weight,
+                               cfg.fake_margin, cfg.pull_fakes)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(parts["loss"])
+        optimizer.step()
+        scheduler.step()
+        losses.append({k: float(v.detach()) for k, v in parts.items()})
+        bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
+    return losses
+
+
+@register_trainer("judge", JudgeTrainConfig)
+def run(cfg: JudgeTrainConfig) -> Path:
+    from accelerate import Accelerator
+
+    from diffsleuth.devices import resolve_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    precision = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[cfg.precision]
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
+    seed_everything(cfg.seed)
+    started = time.monotonic()
+    splits = usable_splits(cfg)
+    train_records, val_records = splits["train"], splits["val"]
+    if not train_records:
+        raise ValueError("no training images left after holding out families")
+    train_images = load_images(train_records, "decoding train")
+    val_images = load_images(val_records, "decoding val")
+    model = JudgeDetector.from_config(copy.deepcopy(cfg.model), device="cpu")
+    preprocess = model.config.preprocess
+    val_labels = np.array([r.label for r in val_records])
+    val_batch = (fixed_eval_batch(val_images, val_records, cfg, preprocess, cfg.val_size)
+                 if val_records else None)
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_records) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    labels_all = torch.tensor([r.label for r in train_records])
+    rng = random.Random(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+
+    def make_batch(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_batch([train_images[i] for i in idx], cfg, preprocess, rng), labels_all[idx]
+
+    history: list[dict] = []
+    best_auc, best_state, best_epoch = -1.0, None, -1
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(train_records), generator=order_gen).tolist()
+        batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
+        losses = train_epoch(accelerator, model, optimizer, scheduler, cfg, make_batch, batches,
+                             f"epoch {epoch + 1}/{cfg.epochs}")
+        entry = {"epoch": epoch + 1, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
+        net = accelerator.unwrap_model(model)
+        if val_batch is not None:
+            entry["val_auc"] = auc_of(val_labels, trace_scores(net, val_batch))
+            selection = entry["val_auc"] if not math.isnan(entry["val_auc"]) else -entry["loss"]
+        else:
+            selection = -entry["loss"]
+        if selection > best_auc:
+            best_auc, best_epoch = selection, epoch + 1
+            best_state = copy.deepcopy(net.state_dict())
+        history.append(entry)
+        tqdm.write(json.dumps(entry))
+
+    net = accelerator.unwrap_model(model)
+    net.load_state_dict(best_state)
+    net.eval()
+    if val_batch is not None:
+        slope, intercept, threshold = fit_calibration(val_labels, trace_scores(net, val_batch), cfg.target_fpr)
+        net.config.calibration_slope, net.config.calibration_intercept = slope, intercept
+        net.config.threshold = threshold
+    out = net.to("cpu").save_pretrained(cfg.output)
+    log = {"best_epoch": best_epoch, "seconds": round(time.monotonic() - started, 1),
+           "history": history, "train_images": len(train_records),
+           "val_images": len(val_records), "training_config": config_to_dict(cfg)}
+    (out / TRAINING_LOG).write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    return out

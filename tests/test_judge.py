@@ -1,0 +1,197 @@
+"""Natural-trace judge: loss behaviour, score and calibration, training determinism, shipped weights."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_photo
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from diffsleuth.cli.main import app
+from diffsleuth.settings import config_from_dict
+from diffsleuth.detectors.base import WeightsError
+from diffsleuth.detectors.judge import (JudgeConfig, JudgeDetector, count_parameters, grid_crops,
+                                       judge_loss, limit_scale)
+from diffsleuth.detectors.judge_training import (TRAINING_LOG, JudgeTrainConfig, fit_calibration, run,
+                                                 train_batch)
+from diffsleuth.detectors.registry import SHIPPED, load_detector
+
+TINY_MODEL = {"width": 4, "embed_dim": 8, "proj_hidden": 16, "num_traces": 2,
+              "preprocess": {"size": 64, "policy": "center_crop"}}
+
+
+def tiny_train_config(data, output, **extra) -> JudgeTrainConfig:
+    settings = {"data": [str(data)], "output": str(output), "device": "cpu", "seed": 3,
+                "val_fraction": 0.3, "test_fraction": 0.0, "epochs": 2, "batch_size": 4,
+                "crop_size": 32, "val_size": 32, "threads": 1, "model": TINY_MODEL}
+    settings.update(extra)
+    return config_from_dict(JudgeTrainConfig, settings)
+
+
+def traces_and_unit(*vectors):
+    return [F.normalize(torch.tensor(v, dtype=torch.float32), dim=-1) for v in vectors]
+
+
+def test_reals_on_a_trace_cost_less_than_reals_off_it():
+    traces = torch.eye(4)[:2]
+    labels = torch.tensor([0, 0, 1])
+    fake = torch.eye(4)[3]
+    on = torch.stack([traces[0], traces[0], fake])
+    off = torch.stack(traces_and_unit([0.0, 0.0, 1.0, 0.2], [0.0, 0.1, 1.0, 0.0]) + [fake])
+    assert judge_loss(on, labels, traces)["loss"] < judge_loss(off, labels, traces)["loss"]
+
+
+def test_a_fake_near_a_trace_raises_the_loss():
+    traces = torch.eye(4)[:2]
+    labels = torch.tensor([0, 1])
+    far = torch.stack([traces[0], torch.eye(4)[3]])
+    near = torch.stack([traces[0], F.normalize(traces[1] + 0.1 * torch.eye(4)[3], dim=0)])
+    loss_far, loss_near = judge_loss(far, labels, traces), judge_loss(near, labels, traces)
+    assert loss_near["fake_push"] > loss_far["fake_push"]
+    assert loss_near["loss"] > loss_far["loss"]
+
+
+def test_pull_fakes_and_real_only_batches_are_defined():
+    z = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    traces = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    mixed = torch.tensor([0, 0, 1, 1, 0, 1])
+    assert judge_loss(z, mixed, traces, pull_fakes=True)["loss"] != judge_loss(z, mixed, traces)["loss"]
+    only_real = judge_loss(z, torch.zeros(6, dtype=torch.long), traces)
+    assert torch.isfinite(only_real["loss"]) and only_real["fake_push"] == 0
+
+
+def test_score_is_calibrated_monotonic_and_uses_the_stored_threshold():
+    model = JudgeDetector.from_config(config_from_dict(JudgeConfig, TINY_MODEL)).eval()
+    similarity = torch.linspace(-1, 1, 21)
+    probs = torch.sigmoid(model.calibrate(similarity))
+    assert torch.all(probs[1:] < probs[:-1]), "closer to a trace must mean less likely generated"
+    assert probs.min() >= 0 and probs.max() <= 1
+    images = [random_photo(i, (80, 70)) for i in range(3)]
+    scores = [p.score for p in model.predict(images)]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    model.config.threshold = min(scores)
+    assert all(p.label == "generated" for p in model.predict(images))
+    model.config.threshold = 1.0
+    assert all(p.label == "real" for p in model.predict(images))
+
+
+def test_fit_calibration_is_decreasing_and_bounds_validation_fpr():
+    rng = np.random.default_rng(0)
+    sims = np.concatenate([rng.normal(0.8, 0.1, 200), rng.normal(0.2, 0.2, 200)])
+    labels = np.array([0] * 200 + [1] * 200)
+    slope, intercept, threshold = fit_calibration(labels, sims, target_fpr=0.05)
+    assert slope < 0 and 0.5 <= threshold < 1
+    probs = 1 / (1 + np.exp(-(slope * sims + intercept)))
+    assert np.mean(probs[labels == 0] >= threshold) <= 0.05 + 1e-9
+
+
+def test_grid_crops_keep_native_pixels_and_pad_small_images():
+    big = random_photo(1, (400, 300))
+    crops = grid_crops(big, 64, 3)
+    assert len(crops) == 9 and all(c.size == (64, 64) for c in crops)
+    assert np.array_equal(np.asarray(crops[0]), np.asarray(big)[:64, :64])
+    assert grid_crops(random_photo(2, (40, 30)), 64, 1)[0].size == (64, 64)
+    assert limit_scale(big, 150).size == (200, 150)
+    assert limit_scale(big, None) is big and limit_scale(big, 500) is big
+
+
+def test_training_augmentation_treats_both_classes_alike():
+    cfg = tiny_train_config(".", ".")
+    preprocess = config_from_dict(JudgeConfig, TINY_MODEL).preprocess
+    batch = train_batch([random_photo(0, (120, 100))] * 3, cfg, preprocess, random.Random(0))
+    assert batch.shape == (3, 3, 32, 32)
+
+
+def test_training_is_deterministic_and_round_trips(labelled_folder, tmp_path):
+    first = run(tiny_train_config(labelled_folder, tmp_path / "a"))
+    second = run(tiny_train_config(labelled_folder, tmp_path / "b"))
+    wa, wb = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.loads((first / "config.json").read_text())["config"] == \
+        json.loads((second / "config.json").read_text())["config"]
+
+    images = [random_photo(i, (90, 70)) for i in range(4)]
+    model = JudgeDetector.from_config(config_from_dict(JudgeConfig, TINY_MODEL)).eval()
+    model.load_state_dict(wa)
+    model.config = load_detector(first).config
+    reloaded = load_detector(first)
+    assert isinstance(reloaded, JudgeDetector)
+    assert [p.score for p in model.predict(images)] == [p.score for p in reloaded.predict(images)]
+    log = json.loads((first / TRAINING_LOG).read_text())
+    assert len(log["history"]) == 2 and 1 <= log["best_epoch"] <= 2
+
+
+def test_a_short_training_run_lowers_the_loss():
+    torch.manual_seed(0)
+    model = JudgeDetector.from_config(config_from_dict(JudgeConfig, TINY_MODEL)).train()
+    batch = torch.stack([torch.from_numpy(np.asarray(random_photo(i, (32, 32)), dtype=np.float32) / 127.5 - 1)
+                         .permute(2, 0, 1) for i in range(8)])
+    labels = torch.tensor([0, 1] * 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = judge_loss(model.embed(batch), labels, model.traces)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.9
+
+
+def test_holdout_families_never_reach_training(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = ["file,label,generator,family"]
+    for i in range(12):
+        random_photo(i, (48, 48)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{'real' if i % 2 else 'fake'},g,{'keep' if i % 3 else 'held'}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    from diffsleuth.detectors.judge_training import usable_splits
+
+    splits = usable_splits(tiny_train_config(folder, tmp_path / "o", holdout_families=["held"]))
+    assert all(r.family != "held" for r in splits["train"] + splits["val"])
+
+
+def test_clip_encoder_is_external_and_not_saved(tiny_clip, tmp_path):
+    config = config_from_dict(JudgeConfig, {
+        "encoder": "clip", "backbone": str(tiny_clip), "front_end": "none", "embed_dim": 8,
+        "proj_hidden": 16, "num_traces": 2, "preprocess": {"size": 224, "policy": "center_crop"}})
+    model = JudgeDetector.from_config(config).eval()
+    assert model.embed(torch.zeros(2, 3, 224, 224)).shape == (2, 8)
+    folder = model.save_pretrained(tmp_path / "clip-judge")
+    assert not any(k.startswith("encoder.") for k in load_file(str(folder / "model.safetensors")))
+    assert load_detector(folder).predict([random_photo(0, (300, 240))])[0].score == \
+        model.predict([random_photo(0, (300, 240))])[0].score
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    try:
+        return load_detector()
+    except WeightsError as exc:
+        pytest.fail(f"the shipped default detector does not load: {exc}")
+
+
+def test_shipped_default_loads_scores_and_fits_the_size_limits(shipped):
+    assert isinstance(shipped, JudgeDetector)
+    assert count_parameters(shipped) <= 5_000_000
+    assert (SHIPPED["default"] / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
+    predictions = shipped.predict([random_photo(0, (640, 480)), random_photo(1, (100, 90))])
+    assert len(predictions) == 2 and all(0 <= p.score <= 1 for p in predictions)
+    assert 0 < shipped.config.threshold < 1
+
+
+def test_scan_without_detector_uses_the_shipped_default(tmp_path, shipped):
+    image = tmp_path / "photo.jpg"
+    random_photo(5, (300, 200)).save(image, quality=90)
+    result = CliRunner().invoke(app, ["scan", str(image), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)[0]
+    assert row["error"] is None and row["label"] in ("generated", "real")
