@@ -1,0 +1,33 @@
+"""DIRE, the DIffusion Reconstruction Error (Wang et al., ICCV 2023), on the DNF backbone.
+
+The image is inverted to x_T with S deterministic DDIM steps and reconstructed with S more;
+DIRE is the absolute pixel difference. It costs 2S UNet passes per image where DNF costs one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diffsleuth.features.ddim import ddim_invert, ddim_reconstruct
+from diffsleuth.features.extract import register_extractor
+from diffsleuth.features.noise_features import NoiseFeatureConfig, NoiseFeatureExtractor, load_noise_extractor
+
+
+@dataclass
+class DireConfig(NoiseFeatureConfig):
+    num_steps: int = 20
+
+
+@torch.no_grad()
+def dire_map(unet: nn.Module, scheduler, images: torch.Tensor, num_steps: int = 20) -> torch.Tensor:
+    """images (B, 3, H, W) in [-1, 1] -> |x0 - reconstruct(invert(x0))|, float (B, 3, H, W)."""
+    x_t, _ = ddim_invert(unet, scheduler, images, num_steps)
+    return (images - ddim_reconstruct(unet, scheduler, x_t, num_steps)).abs().float()
+
+
+@register_extractor("dire", DireConfig)
+def build(config: DireConfig, device: torch.device, dtype: torch.dtype) -> NoiseFeatureExtractor:
+    return load_noise_extractor("dire", config, dire_map, device, dtype)

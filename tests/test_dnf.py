@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import random_photo
+from diffsleuth.backbones import load_ddpm
+from diffsleuth.cli.main import app
+from diffsleuth.features.cache import FeatureCache
+from diffsleuth.features.ddim import ddim_invert, ddim_reconstruct, ddim_step, timestep_levels
+from diffsleuth.features.dire import DireConfig, dire_map
+from diffsleuth.features.dnf import dnf_map
+from diffsleuth.features.extract import extract_records
+from diffsleuth.features.noise_features import NoiseFeatureConfig, NoiseFeatureExtractor, legacy_quantise
+from diffsleuth.io.datasets import load_records
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ddpm(tiny_ddpm):
+    return load_ddpm(str(tiny_ddpm))
+
+
+def images(batch: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+class Oracle(torch.nn.Module):
+    """Predicts the exact noise that separates x_t from a known clean image x0."""
+
+    def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__()
+        self.x0, self.abar = x0, alphas_cumprod
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor):
+        a = float(self.abar[int(t[0])])
+        return type("Out", (), {"sample": (x - math.sqrt(a) * self.x0) / math.sqrt(1 - a)})()
+
+
+def test_one_step_dnf_is_the_noise_prediction_at_t0(ddpm):
+    unet, scheduler = ddpm
+    x = images(3)
+    expected = unet(x, torch.zeros(3, dtype=torch.long)).sample
+    got = dnf_map(unet, scheduler, x, num_steps=1)
+    assert got.shape == x.shape and got.dtype == torch.float32
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+    assert torch.equal(got, dnf_map(unet, scheduler, x, num_steps=1))
+
+
+def test_batch_of_one_matches_the_batch(ddpm):
+    unet, scheduler = ddpm
+    x = images(3)
+    together = dnf_map(unet, scheduler, x, num_steps=3)
+    alone = dnf_map(unet, scheduler, x[1:2], num_steps=3)
+    assert torch.allclose(together[1:2], alone, atol=1e-5)
+
+
+def test_multi_step_dnf_and_dire_are_deterministic(ddpm):
+    unet, scheduler = ddpm
+    x = images(2)
+    stack = dnf_map(unet, scheduler, x, num_steps=4, return_stack=True)
+    assert stack.shape == (2, 4, 3, 32, 32)
+    assert torch.allclose(stack.mean(dim=1), dnf_map(unet, scheduler, x, num_steps=4))
+    assert torch.equal(dire_map(unet, scheduler, x, num_steps=3), dire_map(unet, scheduler, x, num_steps=3))
+    assert (dire_map(unet, scheduler, x, num_steps=3) >= 0).all()
+
+
+def test_levels_span_the_schedule(ddpm):
+    _, scheduler = ddpm
+    assert timestep_levels(scheduler, 1) == [0, 999]
+    levels = timestep_levels(scheduler, 20)
+    assert levels[0] == 0 and levels[-1] == 999 and len(levels) == 21
+
+
+def test_ddim_step_matches_the_formula_by_hand():
+    x, eps = torch.tensor([0.3]), torch.tensor([-0.7])
+    a_from, a_to = 0.9, 0.4
+    x0 = (0.3 - math.sqrt(0.1) * -0.7) / math.sqrt(0.9)
+    expected = math.sqrt(0.4) * x0 + math.sqrt(0.6) * -0.7
+    assert ddim_step(x, eps, a_from, a_to).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_inversion_then_reconstruction_returns_the_input_with_an_oracle(ddpm):
+    _, scheduler = ddpm
+    x0 = images(2, 16)
+    oracle = Oracle(x0, scheduler.alphas_cumprod)
+    x_t, noises = ddim_invert(oracle, scheduler, x0, 50)
+    assert len(noises) == 50 and not torch.allclose(x_t, x0)
+    assert torch.allclose(ddim_reconstruct(oracle, scheduler, x_t, 50), x0, atol=1e-4)
+    assert dire_map(oracle, scheduler, x0, num_steps=50).max() < 1e-4
+
+
+def test_legacy_mode_clamps_and_quantises():
+    feature = torch.randn(2, 3, 8, 8)
+    legacy = legacy_quantise(feature)
+    assert legacy.min() >= 0 and legacy.max() <= 1
+    assert torch.allclose(legacy * 255, (legacy * 255).round(), atol=1e-4)
+    assert (legacy[feature < 0] == 0).all()
+    assert legacy_quantise(feature, jpeg_quality=90).shape == feature.shape
+
+
+def test_extraction_uses_the_cache_and_resumes(ddpm, tmp_path, labelled_folder):
+    unet, scheduler = ddpm
+    config = NoiseFeatureConfig(backbone="tiny", size=32)
+    extractor = NoiseFeatureExtractor("dnf", config, unet, scheduler, dnf_map)
+    records = load_records(labelled_folder)
+
+    class Crashing:
+        calls = 0
+
+        def cache_config(self):
+            return extractor.cache_config()
+
+        def extract(self, imgs, recs):
+            Crashing.calls += 1
+            if Crashing.calls > 2:
+                raise KeyboardInterrupt
+            return extractor.extract(imgs, recs)
+
+    cache = FeatureCache(tmp_path / "cache", extractor.cache_config())
+    with pytest.raises(KeyboardInterrupt):
+        extract_records(Crashing(), records, cache, batch_size=2, progress=False)
+    assert len(cache) == 4
+    report = extract_records(extractor, records, cache, batch_size=2, progress=False)
+    assert (report.cached, report.computed) == (4, len(records) - 4)
+    again = extract_records(extractor, records, cache, batch_size=2, progress=False)
+    assert again.computed == 0 and again.cached == len(records)
+    stored = next(iter(cache.directory.glob("*/*.safetensors")))
+    from safetensors.torch import load_file
+
+    assert load_file(str(stored))["dnf"].dtype == torch.float16
+
+
+def test_cli_extract_train_and_scan(tiny_ddpm, tmp_path, shared_data):
+    cache = tmp_path / "cache"
+    result = runner.invoke(app, ["extract", "dnf", "--data", str(shared_data / "multigen" / "real"),
+                                 "--cache", str(cache), "--set", f"backbone={tiny_ddpm}", "--set", "size=32",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for recipe, steps in (("dnf", 1), ("dire", 2)):
+        out = tmp_path / recipe
+        result = runner.invoke(app, [
+            "train", recipe, "--data", str(shared_data / "multigen"), "--output", str(out), "--device", "cpu",
+            "--set", "max_images=48", "--set", "epochs=3", "--set", f"cache={cache}",
+            "--set", "detector.arch=resnet18", "--set", "detector.feature.size=32",
+            "--set", f"detector.feature.num_steps={steps}", "--set", f"detector.feature.backbone={tiny_ddpm}"])
+        assert result.exit_code == 0, result.output
+        import json
+
+        history = json.loads((out / "training_report.json").read_text())["history"]
+        assert history[-1]["train_loss"] < history[0]["train_loss"]
+        photo = tmp_path / "photo.png"
+        random_photo(4).save(photo)
+        scan = runner.invoke(app, ["scan", str(photo), "--detector", str(out), "--format", "json"])
+        assert scan.exit_code == 0, scan.output
+        assert 0 <= json.loads(scan.stdout)[0]["score"] <= 1
+
+
+def test_dire_config_defaults_to_twenty_steps():
+    assert DireConfig().num_steps == 20
