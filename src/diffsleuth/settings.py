@@ -1,4 +1,4 @@
-"""Dataclass configs to and from plain JSON, strictly: unknown keys are errors, not silence."""
+"""Settings dataclasses to and from plain JSON, strictly: unknown keys are errors, not silence."""
 
 from __future__ import annotations
 
