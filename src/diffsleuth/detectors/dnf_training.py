@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -26,11 +25,12 @@ from diffsleuth.detectors.dnf import DireDetector, DireDetectorConfig, DnfConfig
 from diffsleuth.detectors.training import (
     TrainConfig,
     best_threshold,
+    make_accelerator,
     register_trainer,
     seed_everything,
     split_records,
 )
-from diffsleuth.devices import resolve_device, resolve_dtype
+from diffsleuth.devices import resolve_dtype
 from diffsleuth.evaluation.metrics import binary_metrics
 from diffsleuth.features.cache import FeatureCache
 from diffsleuth.features.extract import ReencodedExtractor, extract_splits
@@ -108,9 +108,7 @@ def summarise(probs: np.ndarray, labels: np.ndarray, loss: float, threshold: flo
 
 def train_noise_detector(config: DnfTrainConfig, cls: type[NoiseFeatureDetector]) -> Path:
     generator = seed_everything(config.seed)
-    device = resolve_device(config.device)
-    mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[config.precision]
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    accelerator = make_accelerator(config)
     detector = cls.from_config(config.detector, device="cpu")
     detector.extractor.to(accelerator.device, resolve_dtype(accelerator.device, config.precision))
     splits = split_records(config)

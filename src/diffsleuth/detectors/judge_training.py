@@ -25,7 +25,13 @@ from tqdm.auto import tqdm
 
 from diffsleuth.settings import config_to_dict
 from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, grid_crops, judge_loss
-from diffsleuth.detectors.training import TrainConfig, register_trainer, seed_everything, split_records
+from diffsleuth.detectors.training import (
+    TrainConfig,
+    make_accelerator,
+    register_trainer,
+    seed_everything,
+    split_records,
+)
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import blur, downscale, jpeg
@@ -177,15 +183,9 @@ def train_epoch(accelerator, model, optimizer, scheduler, cfg: JudgeTrainConfig,
 
 @register_trainer("judge", JudgeTrainConfig)
 def run(cfg: JudgeTrainConfig) -> Path:
-    from accelerate import Accelerator
-
-    from diffsleuth.devices import resolve_device
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    precision = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[cfg.precision]
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
+    accelerator = make_accelerator(cfg)
     seed_everything(cfg.seed)
     started = time.monotonic()
     splits = usable_splits(cfg)

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
@@ -31,11 +30,12 @@ from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, centre_offset
 from diffsleuth.detectors.training import (
     TrainConfig,
     best_threshold,
+    make_accelerator,
     register_trainer,
     seed_everything,
     split_records,
 )
-from diffsleuth.devices import resolve_device, resolve_dtype
+from diffsleuth.devices import resolve_dtype
 from diffsleuth.features.cache import FeatureCache
 from diffsleuth.features.extract import ReencodedExtractor, extract_splits
 from diffsleuth.features.lare import frame_tensor, image_seed, record_prompt
@@ -220,9 +220,7 @@ def _loader(items: list[tuple[ImageRecord, str]], cache: FeatureCache, detector:
 def run(config: Lare2TrainConfig) -> Path:
     """Train LaRE² and save the validation-selected detector to ``config.output``."""
     generator = seed_everything(config.seed)
-    device = resolve_device(config.device)
-    mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[config.precision]
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    accelerator = make_accelerator(config)
     splits = training_splits(config)
     sd_dtype = resolve_dtype(accelerator.device, config.precision)
     detector = Lare2Detector.from_config(config.detector, device="cpu")

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
+from diffsleuth.devices import resolve_device
 from diffsleuth.io.datasets import ImageRecord, assign_splits, load_records
 from diffsleuth.registry import LazyRegistry
 
@@ -98,3 +100,16 @@ def best_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
     candidates = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2, [1.0]])
     accs = [float(((probs >= t) == labels).mean()) for t in candidates]
     return float(candidates[int(np.argmax(accs))])
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator for ``config.device`` / ``config.precision``.
+
+    Accelerate owns device placement (and DDP under ``accelerate launch``); to pick one GPU of
+    several, set ``CUDA_VISIBLE_DEVICES``.
+    """
+    device = resolve_device(config.device)
+    mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}.get(config.precision)
+    if mixed is None:
+        raise ValueError(f"precision must be fp32, fp16 or bf16, not {config.precision!r}")
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)

@@ -17,6 +17,8 @@ from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
+LEGACY_JPEG_QUALITY = 75
+"""Pillow's default JPEG quality, which the official code's image saving used."""
 
 
 @dataclass
@@ -68,7 +70,8 @@ class NoiseFeatureExtractor(nn.Module):
         feature = self.feature(self.unet, self.scheduler, pixels, num_steps=self.config.num_steps).float()
         if self.config.legacy:
             sources = jpeg_sources or [False] * len(images)
-            feature = torch.cat([legacy_quantise(f[None], 100 if jpg else None) for f, jpg in zip(feature, sources)])
+            feature = torch.cat([legacy_quantise(f[None], LEGACY_JPEG_QUALITY if jpg else None)
+                                 for f, jpg in zip(feature, sources)])
         return feature.cpu()
 
     def extract(self, images: list[Image.Image], records: list[ImageRecord]) -> dict[str, torch.Tensor]:
