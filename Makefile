@@ -22,6 +22,7 @@ install: $(VENV)/.installed
 scan: install
 	@test -n "$(IMAGES)" || { echo "no images: run 'make scan IMAGES=\"photo.jpg folder/\"'"; exit 2; }
 	$(BIN)/diffsleuth scan $(IMAGES) --format csv --output $(SCAN_OUTPUT) --summary
+	@echo "first rows of $(SCAN_OUTPUT):"; head -n 11 $(SCAN_OUTPUT)
 
 ## test: run the whole test suite
 test: install
