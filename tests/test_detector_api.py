@@ -121,3 +121,10 @@ def test_unknown_config_keys_are_errors(tmp_path):
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="bogus"):
         load_detector(folder)
+
+
+def test_saving_the_same_weights_twice_gives_identical_files(tmp_path):
+    first = saved_toy(tmp_path / "a", seed=5)
+    second = saved_toy(tmp_path / "b", seed=5)
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    assert (first / "config.json").read_text() == (second / "config.json").read_text()

@@ -164,7 +164,7 @@ class Detector(nn.Module):
         tmp = directory / f".{WEIGHTS_NAME}.tmp"
         state = self.weights_state_dict()
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-        save_file(state, str(tmp), metadata={"format": "pt", "detector": self.name})
+        save_file(state, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, weights)
         meta = {
             "detector": self.name,
