@@ -8,6 +8,7 @@ error names the model and how to supply a local copy, instead of a network stack
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,11 +128,13 @@ def load_clip(
     pretrained: str | None = "openai",
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    load_weights: bool = True,
 ) -> nn.Module:
     """An open_clip model: a built-in name with a weight tag or file, ``hf-hub:...``, or a folder.
 
     A folder holds ``open_clip_config.json`` and ``open_clip_model.safetensors`` (the layout
-    open_clip publishes on the hub); it is loaded as ``local-dir:``.
+    open_clip publishes on the hub); it is loaded as ``local-dir:``. ``load_weights=False`` builds
+    the architecture only, for a fine-tuned copy whose weights come from elsewhere.
     """
     import open_clip
 
@@ -140,6 +143,13 @@ def load_clip(
     if pretrained and Path(pretrained).is_file() and Path(pretrained).suffix not in (".safetensors",):
         raise BackboneUnavailableError(
             f"{pretrained}: only safetensors CLIP weight files are accepted from a path")
+    if not load_weights:
+        logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": that is the point
+        try:
+            clip = open_clip.create_model(name, pretrained=None, load_weights=False)
+        finally:
+            logging.disable(logging.NOTSET)
+        return clip.to(device=device, dtype=dtype)
     hint = f"open_clip's `create_model('{model}', pretrained='{pretrained}')` once, then save it"
     clip = _hub_call("CLIP model", model,
                      lambda: open_clip.create_model(name, pretrained=use_pretrained, device="cpu",

@@ -192,8 +192,12 @@ class Detector(nn.Module):
 
     @classmethod
     def from_config(cls, config: DetectorConfig, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None) -> Detector:
-        """Build an untrained detector; subclasses load their external backbones here."""
+                    dtype: torch.dtype | None = None, pretrained: bool = True) -> Detector:
+        """Build a detector; subclasses load their external backbones here.
+
+        ``pretrained=False`` builds the saved parts as architecture only (their weights are about
+        to come from ``model.safetensors``), so restoring never fetches pretrained weights.
+        """
         model = cls(config)
         return model.to(resolve_device(device), dtype=dtype)
 
@@ -206,7 +210,7 @@ class Detector(nn.Module):
         data.update(config_overrides or {})
         config = config_from_dict(cls.config_class, data)
         state = read_safetensors(directory / WEIGHTS_NAME, meta.get("weights_sha256"))
-        model = cls.from_config(config, device="cpu")
+        model = cls.from_config(config, device="cpu", pretrained=False)
         model.load_weights(state, str(directory / WEIGHTS_NAME))
         return model.to(resolve_device(device), dtype=dtype).eval()
 

@@ -79,7 +79,8 @@ class NoiseFeatureDetector(Detector):
 
     @classmethod
     def from_config(cls, config: DnfConfig, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None) -> NoiseFeatureDetector:
+                    dtype: torch.dtype | None = None, pretrained: bool = True) -> NoiseFeatureDetector:
+        """The DDPM backbone always loads (it is never saved); the classifier starts from scratch."""
         device = resolve_device(device)
         unet, scheduler = load_ddpm(config.feature.backbone, device=device, dtype=dtype or torch.float32)
         extractor = NoiseFeatureExtractor(cls.feature_name, config.feature, unet, scheduler, cls.feature_function())

@@ -137,13 +137,15 @@ class ClipImageEncoder(nn.Module):
             return self.visual(x).float()
 
 
-def build_encoder(config: JudgeConfig) -> nn.Module:
+def build_encoder(config: JudgeConfig, pretrained: bool = True) -> nn.Module:
+    """The configured encoder; ``pretrained=False`` skips ResNet weights a saved file replaces.
+    The CLIP tower is frozen and never saved, so it always loads its pretrained weights."""
     from diffsleuth.backbones.loading import load_clip, load_resnet50
 
     if config.encoder == "cnn":
         return CompactCNN(config.width)
     if config.encoder == "resnet50":
-        net = load_resnet50(config.backbone, num_classes=1)
+        net = load_resnet50(config.backbone if pretrained else None, num_classes=1)
         net.fc = nn.Identity()
         net.out_dim = 2048
         return net
@@ -241,8 +243,8 @@ class JudgeDetector(Detector):
 
     @classmethod
     def from_config(cls, config: JudgeConfig, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None) -> JudgeDetector:
-        return cls(config).to(resolve_device(device), dtype=dtype)
+                    dtype: torch.dtype | None = None, pretrained: bool = True) -> JudgeDetector:
+        return cls(config, build_encoder(config, pretrained)).to(resolve_device(device), dtype=dtype)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised batch (B, 3, H, W) -> unit embeddings (B, embed_dim)."""

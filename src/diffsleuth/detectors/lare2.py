@@ -13,14 +13,9 @@ is cropped to the matching latent cells (see docs/lare2.md).
 
 from __future__ import annotations
 
-import contextvars
-import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +30,6 @@ from diffsleuth.features.lare import LareConfig, LareExtractor, load_lare_extrac
 from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, normalize
 
 CLIP_STRIDE = 32
-_ARCHITECTURE_ONLY = contextvars.ContextVar("lare2_architecture_only", default=False)
 
 
 def _default_preprocess() -> PreprocessConfig:
@@ -167,21 +161,6 @@ class Lare2Network(nn.Module):
         return self.head(torch.cat([f["x_g"], f["x_s"], f["x_c"]], dim=1))
 
 
-def build_clip_visual(config: Lare2Config, load_weights: bool) -> nn.Module:
-    """CLIP's image tower; architecture only when the weights come from a saved detector."""
-    if load_weights:
-        return load_clip(config.clip_model, config.clip_pretrained).visual
-    import open_clip
-
-    folder = Path(config.clip_model).expanduser()
-    name = f"local-dir:{folder}" if folder.is_dir() else config.clip_model
-    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the detector's weights follow
-    try:
-        return open_clip.create_model(name, pretrained=None, load_weights=False).visual
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 @register_detector
 class Lare2Detector(Detector):
     """Scores images end to end: LaRE on the fly from SD, then the EGRE classifier."""
@@ -220,21 +199,10 @@ class Lare2Detector(Detector):
 
     @classmethod
     def from_config(cls, config: Lare2Config, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None) -> Lare2Detector:
-        """Load CLIP (pretrained unless restoring a saved detector) and SD for LaRE."""
+                    dtype: torch.dtype | None = None, pretrained: bool = True) -> Lare2Detector:
+        """CLIP (pretrained, or architecture only when restoring a fine-tuned one) and SD for LaRE."""
         device = resolve_device(device)
-        visual = build_clip_visual(config, load_weights=not _ARCHITECTURE_ONLY.get())
+        visual = load_clip(config.clip_model, config.clip_pretrained, load_weights=pretrained).visual
         lare_backbone = load_lare_extractor(config.lare, device, dtype or torch.float32)
         model = cls(config, visual, lare_backbone)
         return model.to(device, dtype=dtype)
-
-    @classmethod
-    def from_folder(cls, directory: Path, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None,
-                    config_overrides: dict[str, Any] | None = None) -> Lare2Detector:
-        """The saved folder holds the fine-tuned CLIP, so CLIP's pretrained weights are not fetched."""
-        token = _ARCHITECTURE_ONLY.set(True)
-        try:
-            return super().from_folder(Path(os.fspath(directory)), device, dtype, config_overrides)
-        finally:
-            _ARCHITECTURE_ONLY.reset(token)
