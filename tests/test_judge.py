@@ -104,8 +104,22 @@ def test_grid_crops_keep_native_pixels_and_pad_small_images():
 def test_training_augmentation_treats_both_classes_alike():
     cfg = tiny_train_config(".", ".")
     preprocess = config_from_dict(JudgeConfig, TINY_MODEL).preprocess
-    batch = train_batch([random_photo(0, (120, 100))] * 3, cfg, preprocess, random.Random(0))
-    assert batch.shape == (3, 3, 32, 32)
+    photo = random_photo(0, (120, 100))
+    real = train_batch([photo] * 3, [0, 0, 0], cfg, preprocess, random.Random(0))
+    fake = train_batch([photo] * 3, [1, 1, 1], cfg, preprocess, random.Random(0))
+    assert real.shape == (3, 3, 32, 32) and torch.equal(real, fake)
+
+
+def test_history_equalisation_gives_only_generated_images_an_earlier_jpeg():
+    from diffsleuth.detectors.judge_training import degrade
+    from diffsleuth.io.degrade import jpeg
+
+    cfg = tiny_train_config(".", ".", history_quality=[70, 70], jpeg_prob=0.0, rescale_prob=0.0,
+                            blur_prob=0.0)
+    photo = random_photo(0, (64, 64))
+    assert degrade(photo, 0, cfg, random.Random(0)) is photo
+    assert np.array_equal(np.asarray(degrade(photo, 1, cfg, random.Random(0))),
+                          np.asarray(jpeg(photo, 70)))
 
 
 def test_training_is_deterministic_and_round_trips(labelled_folder, tmp_path):
@@ -159,6 +173,21 @@ def test_holdout_families_never_reach_training(tmp_path):
     assert all(r.family != "held" for r in splits["train"] + splits["val"])
 
 
+def test_training_reads_images_at_the_inference_scale_and_repeats_named_families(tmp_path):
+    from diffsleuth.detectors.judge_training import load_images, repeat_families
+    from diffsleuth.io.datasets import ImageRecord
+
+    random_photo(0, (300, 200)).save(tmp_path / "big.png")
+    random_photo(1, (40, 30)).save(tmp_path / "small.png")
+    big = ImageRecord(tmp_path / "big.png", 0, family="photos")
+    small = ImageRecord(tmp_path / "small.png", 1, family="gen")
+    records = repeat_families([big, small], {"photos": 3})
+    assert records == [big, big, big, small]
+    images = load_images(records, 100, "test")
+    assert images[0].size == (150, 100) and images[3].size == (40, 30)
+    assert images[0] is images[2]
+
+
 def test_clip_encoder_is_external_and_not_saved(tiny_clip, tmp_path):
     config = config_from_dict(JudgeConfig, {
         "encoder": "clip", "backbone": str(tiny_clip), "front_end": "none", "embed_dim": 8,
@@ -195,3 +224,14 @@ def test_scan_without_detector_uses_the_shipped_default(tmp_path, shipped):
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)[0]
     assert row["error"] is None and row["label"] in ("generated", "real")
+
+
+def test_model_card_lists_false_positives_of_real_only_sets():
+    from diffsleuth.detectors.judge_card import history_text, real_sets_table
+
+    report = {"real_sets": {"debian-photos/val/jpeg:90": {"model_fpr": 0.25, "colour_histogram_fpr": 0.0,
+                                                          "n": 4, "rows": []}}}
+    assert "| debian-photos/val/jpeg:90 | 25.0% | 0.0% | 4 |" in real_sets_table(report)
+    assert real_sets_table({}) == "No real-only data set in this run."
+    assert "quality 80-98" in history_text(tiny_train_config(".", ".", history_quality=[80, 98]))
+    assert history_text(tiny_train_config(".", ".")) == "off."

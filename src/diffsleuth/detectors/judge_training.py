@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from diffsleuth.settings import config_to_dict
-from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, grid_crops, judge_loss
+from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, grid_crops, judge_loss, limit_scale
 from diffsleuth.detectors.training import (
     TrainConfig,
     make_accelerator,
@@ -64,13 +64,22 @@ class JudgeTrainConfig(TrainConfig):
     rescale_range: tuple[float, float] = (0.5, 1.0)
     blur_prob: float = 0.1
     blur_sigma: tuple[float, float] = (0.2, 1.0)
+    history_quality: tuple[int, int] | None = None
     val_size: int = 128
     target_fpr: float = 0.05
+    family_repeats: dict[str, int] = field(default_factory=dict)
     threads: int | None = None
 
 
-def degrade(image: Image.Image, cfg: JudgeTrainConfig, rng: random.Random) -> Image.Image:
-    """The training degradation, identical in distribution for real and generated images."""
+def degrade(image: Image.Image, label: int, cfg: JudgeTrainConfig, rng: random.Random) -> Image.Image:
+    """The training degradation, identical in distribution for real and generated images.
+
+    With ``history_quality`` set, a generated image is first JPEG-compressed once at a random
+    quality in that range: every real training photo already carries such a compression from its
+    source (Unsplash, BSDS500, wallpapers), so without it "has an earlier JPEG" means real.
+    """
+    if label == 1 and cfg.history_quality:
+        image = jpeg(image, rng.randint(*cfg.history_quality))
     if rng.random() < cfg.rescale_prob:
         image = downscale(image, rng.uniform(*cfg.rescale_range))
     if rng.random() < cfg.blur_prob:
@@ -88,9 +97,10 @@ def random_crop(image: Image.Image, size: int, rng: random.Random) -> Image.Imag
     return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
 
 
-def train_batch(images: Sequence[Image.Image], cfg: JudgeTrainConfig,
+def train_batch(images: Sequence[Image.Image], labels: Sequence[int], cfg: JudgeTrainConfig,
                 preprocess: PreprocessConfig, rng: random.Random) -> torch.Tensor:
-    tiles = [to_tensor(random_crop(degrade(img, cfg, rng), cfg.crop_size, rng)) for img in images]
+    tiles = [to_tensor(random_crop(degrade(img, label, cfg, rng), cfg.crop_size, rng))
+             for img, label in zip(images, labels)]
     return normalize(torch.stack(tiles), preprocess)
 
 
@@ -100,7 +110,7 @@ def fixed_eval_batch(images: Sequence[Image.Image], records: Sequence[ImageRecor
     tiles = []
     for img, record in zip(images, records):
         rng = random.Random(f"{cfg.seed}:{record.path.name}")
-        tiles.append(to_tensor(grid_crops(degrade(img, cfg, rng), size, 1)[0]))
+        tiles.append(to_tensor(grid_crops(degrade(img, record.label, cfg, rng), size, 1)[0]))
     return normalize(torch.stack(tiles), preprocess)
 
 
@@ -143,8 +153,19 @@ def choose_threshold(real_probs: np.ndarray, target_fpr: float) -> float:
     return min(max(0.5, float(np.quantile(real_probs, 1.0 - target_fpr))), 0.999)
 
 
-def load_images(records: Sequence[ImageRecord], desc: str) -> list[Image.Image]:
-    return [decode_image(r.path) for r in tqdm(records, desc=desc, leave=False)]
+def load_images(records: Sequence[ImageRecord], max_short_side: int | None,
+                desc: str) -> list[Image.Image]:
+    """Decode each file once, at the scale inference reads it (the model's ``max_short_side``)."""
+    cache: dict[Path, Image.Image] = {}
+    for record in tqdm(records, desc=desc, leave=False):
+        if record.path not in cache:
+            cache[record.path] = limit_scale(decode_image(record.path), max_short_side)
+    return [cache[r.path] for r in records]
+
+
+def repeat_families(records: Sequence[ImageRecord], repeats: dict[str, int]) -> list[ImageRecord]:
+    """Repeat the records of some families: a large photo holds many distinct training crops."""
+    return [r for r in records for _ in range(repeats.get(r.family or "", 1))]
 
 
 def usable_splits(cfg: JudgeTrainConfig) -> dict[str, list[ImageRecord]]:
@@ -189,11 +210,12 @@ def run(cfg: JudgeTrainConfig) -> Path:
     seed_everything(cfg.seed)
     started = time.monotonic()
     splits = usable_splits(cfg)
-    train_records, val_records = splits["train"], splits["val"]
+    train_records = repeat_families(splits["train"], cfg.family_repeats)
+    val_records = splits["val"]
     if not train_records:
         raise ValueError("no training images left after holding out families")
-    train_images = load_images(train_records, "decoding train")
-    val_images = load_images(val_records, "decoding val")
+    train_images = load_images(train_records, cfg.model.max_short_side, "decoding train")
+    val_images = load_images(val_records, cfg.model.max_short_side, "decoding val")
     model = JudgeDetector.from_config(copy.deepcopy(cfg.model), device="cpu")
     preprocess = model.config.preprocess
     val_labels = np.array([r.label for r in val_records])
@@ -212,7 +234,8 @@ def run(cfg: JudgeTrainConfig) -> Path:
     order_gen = torch.Generator().manual_seed(cfg.seed)
 
     def make_batch(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return train_batch([train_images[i] for i in idx], cfg, preprocess, rng), labels_all[idx]
+        labels = labels_all[idx]
+        return train_batch([train_images[i] for i in idx], labels.tolist(), cfg, preprocess, rng), labels
 
     history: list[dict] = []
     best_auc, best_state, best_epoch = -1.0, None, -1

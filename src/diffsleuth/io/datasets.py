@@ -7,7 +7,8 @@ Supported layouts, detected by :func:`load_records`:
 * CNNDetection / UnivFD: ``0_real`` / ``1_fake`` folders, possibly nested per generator or class
   (``<generator>/[<class>/]{0_real,1_fake}``)
 * a CSV manifest ``path,label[,generator][,family][,split][,class_name]`` (``file`` is accepted for
-  ``path``; paths are relative to the manifest's folder)
+  ``path``; paths are relative to the manifest's folder), or one whose rows name files inside
+  Debian packages (``package,member,sha256,label``; see :mod:`diffsleuth.io.debian`)
 * an unlabelled folder (recursive) or individual files, for scanning
 """
 
@@ -72,6 +73,10 @@ def read_manifest(manifest: str | os.PathLike) -> list[ImageRecord]:
     with manifest.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         fields = set(reader.fieldnames or ())
+        if "package" in fields and "member" in fields:
+            from diffsleuth.io.debian import read_package_manifest
+
+            return read_package_manifest(manifest)
         path_key = "path" if "path" in fields else "file" if "file" in fields else None
         if path_key is None or "label" not in fields:
             raise DatasetError(f"{manifest}: a manifest needs 'path' (or 'file') and 'label' columns")
