@@ -227,7 +227,7 @@ def test_scan_without_detector_uses_the_shipped_default(tmp_path, shipped):
 
 
 def test_model_card_lists_false_positives_of_real_only_sets():
-    from diffsleuth.detectors.judge_card import history_text, real_sets_table
+    from diffsleuth.detectors.judge_card import debian_text, history_text, real_sets_table
 
     report = {"real_sets": {"debian-photos/val/jpeg:90": {"model_fpr": 0.25, "colour_histogram_fpr": 0.0,
                                                           "n": 4, "rows": []}}}
@@ -235,3 +235,8 @@ def test_model_card_lists_false_positives_of_real_only_sets():
     assert real_sets_table({}) == "No real-only data set in this run."
     assert "quality 80-98" in history_text(tiny_train_config(".", ".", history_quality=[80, 98]))
     assert history_text(tiny_train_config(".", ".")) == "off."
+    cfg = tiny_train_config("photos/debian-photos.csv", ".", family_repeats={"debian-photos": 3})
+    text = debian_text({"debian_packages": {"a-wallpapers": 2, "b-doc": 1}}, cfg)
+    assert text.startswith("3 more real photographs") and "`a-wallpapers` (2), `b-doc` (1)" in text
+    assert "`photos/debian-photos.csv`" in text and "repeated 3x" in text
+    assert debian_text({}, cfg) == "not used in this run."

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -135,7 +136,8 @@ def evaluate(detector_dir: Path, cfg: JudgeTrainConfig) -> dict:
                     "threshold": model.config.threshold, "holdout_families": list(cfg.holdout_families),
                     "datasets": {}, "families": {}, "real_sets": {}}
 
-    report["debian_photos"] = sum(len(v) for v in roots.get("debian-photos", {}).values())
+    debian = [r for split in roots.get("debian-photos", {}).values() for r in split]
+    report["debian_packages"] = dict(sorted(Counter(r.generator for r in debian).items()))
     for root, splits in roots.items():
         for split in ("val", "test"):
             records = [r for r in splits[split] if r.family not in set(cfg.holdout_families)]
@@ -229,8 +231,19 @@ def history_text(cfg: JudgeTrainConfig) -> str:
             "BSDS500, the wallpapers); otherwise an earlier compression would mean *real*.")
 
 
-def debian_count(report: dict) -> int:
-    return int(report.get("debian_photos", 0))
+def debian_text(report: dict, cfg: JudgeTrainConfig) -> str:
+    """The training-data bullet for the Debian photos, naming the packages they came from."""
+    packages = report.get("debian_packages", {})
+    if not packages:
+        return "not used in this run."
+    names = ", ".join(f"`{name}` ({count})" for name, count in packages.items())
+    manifest = next((d for d in cfg.data if Path(d).stem == "debian-photos"), "the package manifest")
+    return (f"{sum(packages.values())} more real photographs (close-ups with shallow depth of field, "
+            f"landscapes, objects, classic test photos) from Debian packages: {names}; listed with "
+            f"their SHA-256 in `{manifest}` and fetched with `apt-get download` on first use. "
+            f"Each training photo is repeated {cfg.family_repeats.get('debian-photos', 1)}x per epoch "
+            f"(a {cfg.model.max_short_side}-px photo holds many distinct {cfg.crop_size}-px crops). "
+            "Renders, paintings and logos in those packages were left out by eye.")
 
 
 def real_sets_table(report: dict) -> str:
@@ -260,8 +273,7 @@ def render_card(report: dict, cfg: JudgeTrainConfig, config_path: str) -> str:
         jpeg=f"{cfg.jpeg_quality[0]}-{cfg.jpeg_quality[1]}", jpeg_prob=cfg.jpeg_prob,
         rescale=f"{cfg.rescale_range[0]}-{cfg.rescale_range[1]}", rescale_prob=cfg.rescale_prob,
         blur_prob=cfg.blur_prob, blur_sigma=f"{cfg.blur_sigma[0]}-{cfg.blur_sigma[1]}",
-        history=history_text(cfg), n_debian=debian_count(report),
-        repeats=cfg.family_repeats.get("debian-photos", 1), debian=real_sets_table(report),
+        history=history_text(cfg), debian_source=debian_text(report, cfg), debian=real_sets_table(report),
         targets="\n".join(target_lines(report)),
         sd14=metrics_table(sd14, "split / degradation"),
         multigen=metrics_table(multigen, "split / degradation"),
@@ -301,13 +313,7 @@ The paper publishes no code; the loss details, the encoder and the front end are
   photos of men, 256x256 crops.
 - `multigen`: 936 crops of 26 text-to-image models in 7 families vs 300 BSDS500 photographs.
   Families held out of training and validation entirely: **{held}**.
-- `debian-photos`: {n_debian} more real photographs (close-ups with shallow depth of field,
-  landscapes, objects, classic test photos) from Debian packages: `lomiri-wallpapers-16.04`,
-  `lomiri-wallpapers-20.04`, `plasma-workspace-wallpapers` and the `opencv-doc` samples, listed
-  with their SHA-256 in `src/diffsleuth/configs/debian-photos.csv` and fetched with
-  `apt-get download` on first use. Each training photo is repeated {repeats}x per epoch (a
-  512-px photo holds many distinct {crop}-px crops). Renders, paintings and logos in those
-  packages were left out by eye.
+- `debian-photos`: {debian_source}
 - Splits: 70/15/15 train/val/test per file (seeded hash, seed 0). The checkpoint is chosen by
   validation AUC; calibration and threshold are fitted on validation; test data is only read here.
 - Reproduce: `diffsleuth train judge --config {config}` ({epochs} epochs on 2 CPU cores), then

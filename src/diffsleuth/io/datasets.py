@@ -82,19 +82,23 @@ def read_manifest(manifest: str | os.PathLike) -> list[ImageRecord]:
             raise DatasetError(f"{manifest}: a manifest needs 'path' (or 'file') and 'label' columns")
         records = []
         for line, row in enumerate(reader, start=2):
-            where = f"{manifest}:{line}"
             path = Path(row[path_key])
-            records.append(
-                ImageRecord(
-                    path=path if path.is_absolute() else root / path,
-                    label=parse_label(row["label"], where),
-                    generator=row.get("generator") or None,
-                    split=row.get("split") or None,
-                    family=row.get("family") or None,
-                    class_name=row.get("class_name") or None,
-                )
-            )
+            records.append(record_from_row(row, path if path.is_absolute() else root / path,
+                                           f"{manifest}:{line}"))
     return records
+
+
+def record_from_row(row: dict[str, str], path: Path, where: str,
+                    generator: str | None = None) -> ImageRecord:
+    """A manifest row's label and optional columns; ``where`` names the row in errors."""
+    return ImageRecord(
+        path=path,
+        label=parse_label(row["label"], where),
+        generator=row.get("generator") or generator,
+        split=row.get("split") or None,
+        family=row.get("family") or None,
+        class_name=row.get("class_name") or None,
+    )
 
 
 def read_genimage(root: str | os.PathLike) -> list[ImageRecord]:

@@ -22,7 +22,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from diffsleuth.io.datasets import DatasetError, ImageRecord, parse_label
+from diffsleuth.io.datasets import DatasetError, ImageRecord, record_from_row
 
 PACKAGE_COLUMNS = ("package", "member", "sha256", "label")
 
@@ -97,12 +97,5 @@ def read_package_manifest(manifest: str | os.PathLike, root: Path | None = None)
         if sha256_of(path) != row["sha256"].lower():
             raise DatasetError(f"{manifest}:{line}: {row['package']}:{row['member']} does not match its "
                                f"SHA-256 (another package version?): {path}")
-        records.append(ImageRecord(
-            path=path,
-            label=parse_label(row["label"], f"{manifest}:{line}"),
-            generator=row.get("generator") or row["package"],
-            split=row.get("split") or None,
-            family=row.get("family") or None,
-            class_name=row.get("class_name") or None,
-        ))
+        records.append(record_from_row(row, path, f"{manifest}:{line}", generator=row["package"]))
     return records
