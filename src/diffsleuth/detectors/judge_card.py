@@ -37,6 +37,7 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "m
                   "brick.png", "grass.png", "gravel.png")
 TEXTURES = ("brick.png", "grass.png", "gravel.png")
 WALLPAPERS = Path(__file__).resolve().parents[1] / "configs" / "mate-nature-photos.csv"
+DEBIAN_ROOT = "debian-photos"  # stem of the package manifest, also its family name
 HEADLINE = ("auc", "ap", "acc", "real_acc", "fake_acc", "tpr_at_5fpr", "eer")
 
 
@@ -136,7 +137,7 @@ def evaluate(detector_dir: Path, cfg: JudgeTrainConfig) -> dict:
                     "threshold": model.config.threshold, "holdout_families": list(cfg.holdout_families),
                     "datasets": {}, "families": {}, "real_sets": {}}
 
-    debian = [r for split in roots.get("debian-photos", {}).values() for r in split]
+    debian = [r for split in roots.get(DEBIAN_ROOT, {}).values() for r in split]
     report["debian_packages"] = dict(sorted(Counter(r.generator for r in debian).items()))
     for root, splits in roots.items():
         for split in ("val", "test"):
@@ -237,11 +238,11 @@ def debian_text(report: dict, cfg: JudgeTrainConfig) -> str:
     if not packages:
         return "not used in this run."
     names = ", ".join(f"`{name}` ({count})" for name, count in packages.items())
-    manifest = next((d for d in cfg.data if Path(d).stem == "debian-photos"), "the package manifest")
+    manifest = next((d for d in cfg.data if Path(d).stem == DEBIAN_ROOT), "the package manifest")
     return (f"{sum(packages.values())} more real photographs (close-ups with shallow depth of field, "
             f"landscapes, objects, classic test photos) from Debian packages: {names}; listed with "
             f"their SHA-256 in `{manifest}` and fetched with `apt-get download` on first use. "
-            f"Each training photo is repeated {cfg.family_repeats.get('debian-photos', 1)}x per epoch "
+            f"Each training photo is repeated {cfg.family_repeats.get(DEBIAN_ROOT, 1)}x per epoch "
             f"(a {cfg.model.max_short_side}-px photo holds many distinct {cfg.crop_size}-px crops). "
             "Renders, paintings and logos in those packages were left out by eye.")
 
