@@ -188,6 +188,30 @@ def test_training_reads_images_at_the_inference_scale_and_repeats_named_families
     assert images[0] is images[2]
 
 
+def test_native_crops_are_unscaled_seeded_and_skip_small_files(tmp_path):
+    from diffsleuth.detectors.judge_training import add_native_crops, load_images
+    from diffsleuth.io.datasets import ImageRecord
+
+    random_photo(0, (300, 200)).save(tmp_path / "big.png")
+    random_photo(1, (40, 30)).save(tmp_path / "small.png")
+    big = ImageRecord(tmp_path / "big.png", 0, family="photos")
+    small = ImageRecord(tmp_path / "small.png", 0, family="photos")
+    records = [big, big, small]
+    images = load_images(records, 100, "test")
+    out_records, out_images = add_native_crops(records, images, {"photos": 2}, 64, seed=0)
+    assert out_records == records + [big, big]
+    assert [im.size for im in out_images[3:]] == [(64, 64), (64, 64)]
+    original = np.asarray(random_photo(0, (300, 200)))
+    for crop in out_images[3:]:
+        crop = np.asarray(crop)
+        found = any(np.array_equal(window, crop) or np.array_equal(window[:, ::-1], crop)
+                    for top in range(0, 200 - 63) for left in range(0, 300 - 63)
+                    for window in [original[top:top + 64, left:left + 64]])
+        assert found, "a native crop must be a pixel-exact window of the unscaled file"
+    again = add_native_crops(records, images, {"photos": 2}, 64, seed=0)[1]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again[3:], out_images[3:]))
+
+
 def test_clip_encoder_is_external_and_not_saved(tiny_clip, tmp_path):
     config = config_from_dict(JudgeConfig, {
         "encoder": "clip", "backbone": str(tiny_clip), "front_end": "none", "embed_dim": 8,

@@ -243,8 +243,16 @@ def debian_text(report: dict, cfg: JudgeTrainConfig) -> str:
             f"landscapes, objects, classic test photos) from Debian packages: {names}; listed with "
             f"their SHA-256 in `{manifest}` and fetched with `apt-get download` on first use. "
             f"Each training photo is repeated {cfg.family_repeats.get(DEBIAN_ROOT, 1)}x per epoch "
-            f"(a {cfg.model.max_short_side}-px photo holds many distinct {cfg.crop_size}-px crops). "
-            "Renders, paintings and logos in those packages were left out by eye.")
+            f"(a {cfg.model.max_short_side}-px photo holds many distinct {cfg.crop_size}-px crops)"
+            f"{native_crops_note(cfg)}. Renders, paintings and logos in those packages were left out by eye.")
+
+
+def native_crops_note(cfg: JudgeTrainConfig) -> str:
+    count = cfg.native_crops.get(DEBIAN_ROOT, 0)
+    if not count:
+        return ""
+    return (f", plus {count} seeded {cfg.native_crop_size}-px crops of each at its native resolution "
+            "(real pixels at camera scale)")
 
 
 def real_sets_table(report: dict) -> str:

@@ -68,6 +68,8 @@ class JudgeTrainConfig(TrainConfig):
     val_size: int = 128
     target_fpr: float = 0.05
     family_repeats: dict[str, int] = field(default_factory=dict)
+    native_crops: dict[str, int] = field(default_factory=dict)
+    native_crop_size: int = 384
     threads: int | None = None
 
 
@@ -168,6 +170,28 @@ def repeat_families(records: Sequence[ImageRecord], repeats: dict[str, int]) -> 
     return [r for r in records for _ in range(repeats.get(r.family or "", 1))]
 
 
+def add_native_crops(records: Sequence[ImageRecord], images: Sequence[Image.Image], counts: dict[str, int],
+                     size: int, seed: int) -> tuple[list[ImageRecord], list[Image.Image]]:
+    """Append seeded ``size``-px crops of each listed family's files at their native resolution.
+
+    Inference reads a large photo shrunk to ``max_short_side``, which leaves every training real
+    dense and sharp, while generated images are used at their native, smoother scale. Crops of
+    large photos at camera scale (defocus, sensor noise, demosaicing) show the model real pixels
+    that are smooth too, as in close-ups and small photos that are never shrunk. Files smaller
+    than ``size`` add nothing: they are used at native scale already.
+    """
+    out_records, out_images = list(records), list(images)
+    for record in dict.fromkeys(r for r in records if counts.get(r.family or "", 0)):
+        image = decode_image(record.path)
+        if min(image.size) < size:
+            continue
+        rng = random.Random(f"{seed}:native:{record.path.name}")
+        for _ in range(counts[record.family or ""]):
+            out_records.append(record)
+            out_images.append(random_crop(image, size, rng))
+    return out_records, out_images
+
+
 def usable_splits(cfg: JudgeTrainConfig) -> dict[str, list[ImageRecord]]:
     """Train/val/test splits with held-out families removed from train and val."""
     splits = split_records(cfg)
@@ -215,6 +239,8 @@ def run(cfg: JudgeTrainConfig) -> Path:
     if not train_records:
         raise ValueError("no training images left after holding out families")
     train_images = load_images(train_records, cfg.model.max_short_side, "decoding train")
+    train_records, train_images = add_native_crops(train_records, train_images, cfg.native_crops,
+                                                   cfg.native_crop_size, cfg.seed)
     val_images = load_images(val_records, cfg.model.max_short_side, "decoding val")
     model = JudgeDetector.from_config(copy.deepcopy(cfg.model), device="cpu")
     preprocess = model.config.preprocess
