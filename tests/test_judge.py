@@ -173,6 +173,24 @@ def test_holdout_families_never_reach_training(tmp_path):
     assert all(r.family != "held" for r in splits["train"] + splits["val"])
 
 
+def test_split_seed_keeps_the_split_while_the_seed_changes(tmp_path):
+    from diffsleuth.detectors.training import split_records
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(40):
+        random_photo(i, (16, 16)).save(folder / f"{i}.png")
+    (folder / "manifest.csv").write_text(
+        "file,label\n" + "".join(f"{i}.png,{'real' if i % 2 else 'fake'}\n" for i in range(40)))
+
+    def split_of(**seeds):
+        cfg = tiny_train_config(folder, tmp_path / "o", **seeds)
+        return {name: sorted(r.path.name for r in rs) for name, rs in split_records(cfg).items()}
+
+    assert split_of(seed=3, split_seed=0) == split_of(seed=0) == split_of(seed=7, split_seed=0)
+    assert split_of(seed=3) != split_of(seed=0)
+
+
 def test_training_reads_images_at_the_inference_scale_and_repeats_named_families(tmp_path):
     from diffsleuth.detectors.judge_training import load_images, repeat_families
     from diffsleuth.io.datasets import ImageRecord

@@ -127,7 +127,7 @@ def evaluate(detector_dir: Path, cfg: JudgeTrainConfig) -> dict:
                     for img, r in zip(load_images(train_records, limit, "baseline train"), train_records)]
     baseline = HistogramBaseline(train_images, [r.label for r in train_records])
     val_records = usable_splits(cfg)["val"]
-    val_images = [degrade(img, r.label, cfg, random.Random(f"{cfg.seed}:{r.path.name}"))
+    val_images = [degrade(img, r.label, cfg, random.Random(f"{cfg.data_seed}:{r.path.name}"))
                   for img, r in zip(load_images(val_records, limit, "baseline val"), val_records)]
     val_labels = np.array([r.label for r in val_records])
     baseline.threshold = choose_threshold(baseline.scores(val_images)[val_labels == 0], cfg.target_fpr)

@@ -111,7 +111,7 @@ def fixed_eval_batch(images: Sequence[Image.Image], records: Sequence[ImageRecor
     """Validation input: each image degraded with its own seeded draw, then centre-cropped."""
     tiles = []
     for img, record in zip(images, records):
-        rng = random.Random(f"{cfg.seed}:{record.path.name}")
+        rng = random.Random(f"{cfg.data_seed}:{record.path.name}")
         tiles.append(to_tensor(grid_crops(degrade(img, record.label, cfg, rng), size, 1)[0]))
     return normalize(torch.stack(tiles), preprocess)
 

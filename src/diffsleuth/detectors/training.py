@@ -28,10 +28,19 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     seed: int = 0
+    split_seed: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_group: str = "path"
     max_images: int | None = None
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the split (and of anything tied to it): ``split_seed``, else ``seed``.
+
+        Set ``split_seed`` to vary initialisation and data order alone, on the same split.
+        """
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -78,10 +87,10 @@ def split_records(config: TrainConfig) -> dict[str, list[ImageRecord]]:
         records.extend(r for r in load_records(root) if r.label is not None)
     if not records:
         raise ValueError(f"no labelled images found in {config.data}")
-    records = assign_splits(records, config.val_fraction, config.test_fraction, config.seed,
+    records = assign_splits(records, config.val_fraction, config.test_fraction, config.data_seed,
                             group=config.split_group)
     if config.max_images is not None:
-        rng = random.Random(config.seed)
+        rng = random.Random(config.data_seed)
         rng.shuffle(records)
         records = sorted(records[: config.max_images], key=lambda r: str(r.path))
     splits: dict[str, list[ImageRecord]] = {"train": [], "val": [], "test": []}
