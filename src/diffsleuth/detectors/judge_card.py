@@ -278,7 +278,7 @@ def render_card(report: dict, cfg: JudgeTrainConfig, config_path: str) -> str:
         width=model_cfg.width, embed=model_cfg.embed_dim, traces=model_cfg.num_traces,
         front_end=model_cfg.front_end, size=model_cfg.preprocess.size, grid=model_cfg.test_grid,
         limit=model_cfg.max_short_side,
-        held=held, config=config_path, epochs=cfg.epochs, crop=cfg.crop_size,
+        held=held, config=config_path, epochs=cfg.epochs, crop=cfg.crop_size, split_seed=cfg.data_seed,
         jpeg=f"{cfg.jpeg_quality[0]}-{cfg.jpeg_quality[1]}", jpeg_prob=cfg.jpeg_prob,
         rescale=f"{cfg.rescale_range[0]}-{cfg.rescale_range[1]}", rescale_prob=cfg.rescale_prob,
         blur_prob=cfg.blur_prob, blur_sigma=f"{cfg.blur_sigma[0]}-{cfg.blur_sigma[1]}",
@@ -323,7 +323,7 @@ The paper publishes no code; the loss details, the encoder and the front end are
 - `multigen`: 936 crops of 26 text-to-image models in 7 families vs 300 BSDS500 photographs.
   Families held out of training and validation entirely: **{held}**.
 - `debian-photos`: {debian_source}
-- Splits: 70/15/15 train/val/test per file (seeded hash, seed 0). The checkpoint is chosen by
+- Splits: 70/15/15 train/val/test per file (seeded hash, seed {split_seed}). The checkpoint is chosen by
   validation AUC; calibration and threshold are fitted on validation; test data is only read here.
 - Reproduce: `diffsleuth train judge --config {config}` ({epochs} epochs on 2 CPU cores), then
   `python -m diffsleuth.detectors.judge_card --detector <output> --config {config}`.
