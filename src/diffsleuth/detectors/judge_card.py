@@ -121,12 +121,13 @@ def wallpapers() -> dict[str, Image.Image]:
 def evaluate(detector_dir: Path, cfg: JudgeTrainConfig) -> dict:
     model = load_detector(detector_dir)
     limit = cfg.model.max_short_side
-    train_records = repeat_families(usable_splits(cfg)["train"], cfg.family_repeats)
+    splits = usable_splits(cfg)
+    train_records = repeat_families(splits["train"], cfg.family_repeats)
     rng = random.Random(cfg.seed)
     train_images = [degrade(img, r.label, cfg, rng)
                     for img, r in zip(load_images(train_records, limit, "baseline train"), train_records)]
     baseline = HistogramBaseline(train_images, [r.label for r in train_records])
-    val_records = usable_splits(cfg)["val"]
+    val_records = splits["val"]
     val_images = [degrade(img, r.label, cfg, random.Random(f"{cfg.data_seed}:{r.path.name}"))
                   for img, r in zip(load_images(val_records, limit, "baseline val"), val_records)]
     val_labels = np.array([r.label for r in val_records])
