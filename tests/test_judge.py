@@ -256,6 +256,7 @@ def test_shipped_default_loads_scores_and_fits_the_size_limits(shipped):
     assert (SHIPPED["default"] / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
     predictions = shipped.predict([random_photo(0, (640, 480)), random_photo(1, (100, 90))])
     assert len(predictions) == 2 and all(0 <= p.score <= 1 for p in predictions)
+    assert all(set(p.extras) == set(shipped.extra_columns) for p in predictions)
     assert 0 < shipped.config.threshold < 1
 
 

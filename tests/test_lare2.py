@@ -156,6 +156,7 @@ def test_train_then_scan_on_shared_data(shared_data, tiny_sd, tiny_clip, tmp_pat
     loaded = load_detector(output)
     predictions = loaded.predict([random_photo(1, (256, 256)), random_photo(2, (200, 300))])
     assert len(predictions) == 2 and all(0 <= p.score <= 1 for p in predictions)
+    assert all(set(p.extras) == set(loaded.extra_columns) for p in predictions)
 
 
 def test_genimage_val_becomes_test_and_validation_is_held_out_of_train(tmp_path):

@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="diffsleuth",

@@ -2,59 +2,29 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import contextlib
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, ContextManager, Optional, TextIO
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from diffsleuth.cli.app import EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage, progress_enabled
+from diffsleuth.cli.app import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage, progress_enabled
+from diffsleuth.cli.scan_output import COLUMNS, OutputFormat, RowStream, ScanOutputError, render, written_rows
 from diffsleuth.detectors.base import WeightsError
 from diffsleuth.detectors.registry import load_detector
-from diffsleuth.detectors.scanning import ScanResult, scan_paths
+from diffsleuth.detectors.scanning import scan_paths
 from diffsleuth.devices import resolve_device, resolve_dtype
 from diffsleuth.io.datasets import expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 
-COLUMNS = ["path", "score", "label", "error"]
 
-
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-def render(rows: list[dict], fmt: OutputFormat, colour: bool) -> str:
-    if fmt is OutputFormat.json:
-        return json.dumps(rows, indent=2) + "\n"
-    if fmt is OutputFormat.csv:
-        buffer = io.StringIO()
-        extra = sorted({k for row in rows for k in row} - set(COLUMNS))
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS + extra, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
-    table = Table(show_edge=False, header_style="bold")
-    for name in COLUMNS:
-        table.add_column(name, justify="right" if name == "score" else "left", overflow="fold")
-    for row in rows:
-        score = "" if row["score"] is None else f"{row['score']:.4f}"
-        label = row["label"] or ""
-        if colour and label:
-            label = f"[red]{label}[/]" if label == "generated" else f"[green]{label}[/]"
-        error = f"[yellow]{row['error']}[/]" if colour and row["error"] else (row["error"] or "")
-        table.add_row(row["path"], score, label, error)
-    console = Console(file=io.StringIO(), force_terminal=colour, width=200 if not colour else None)
-    console.print(table)
-    return console.file.getvalue()
+def open_output(output: Optional[Path], append: bool) -> ContextManager[TextIO]:
+    if output is None:
+        return contextlib.nullcontext(sys.stdout)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return output.open("a" if append else "w", encoding="utf-8", newline="")
 
 
 @app.command()
@@ -62,8 +32,11 @@ def scan(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
     detector: Annotated[Optional[str], typer.Option(
         "--detector", "-d", help="Shipped model name or a saved detector folder [default: the shipped default].")] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+    fmt: Annotated[OutputFormat, typer.Option(
+        "--format", "-f", help="Output format; csv and jsonl are written row by row as images are scored.")] = OutputFormat.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Skip inputs already in --output (csv or jsonl) and append the rest.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
@@ -72,12 +45,18 @@ def scan(
 ) -> None:
     """Score images: probability that each was generated, one row per input.
 
+    CSV and JSON Lines rows are written as soon as each image is scored, so an interrupted or
+    killed scan keeps them; run the same command with --resume to finish it.
+
     Exit codes: 0 every input scored; 3 some inputs could not be read (their rows carry the
-    error, the rest are scored); 2 usage error (bad option, no inputs, unknown detector).
+    error, the rest are scored); 2 usage error (bad option, no inputs, unknown detector);
+    130 interrupted.
     """
     files = expand_inputs(paths)
     if not files:
         raise fail_usage(f"no image files found in {', '.join(paths)}")
+    if resume and (output is None or not fmt.streams):
+        raise fail_usage("--resume needs --output and --format csv or jsonl")
     try:
         torch_device = resolve_device(device)
         dtype = resolve_dtype(torch_device, precision)
@@ -87,26 +66,53 @@ def scan(
     except WeightsError as exc:
         raise fail_usage(str(exc)) from exc
 
-    results: list[ScanResult] = []
-    with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, disable=not progress_enabled(), transient=True) as bar:
-        task = bar.add_task("scan", total=len(files))
-        for result in scan_paths(model, files, batch_size=batch_size, max_pixels=max_pixels,
-                                 on_progress=lambda n: bar.advance(task, n)):
-            results.append(result)
+    columns = COLUMNS + list(model.extra_columns)
+    appending = resume and output.is_file()
+    if appending:
+        try:
+            done = written_rows(output, fmt, columns)
+        except ScanOutputError as exc:
+            raise fail_usage(str(exc)) from exc
+        todo = [f for f in files if str(f) not in done]
+        err_console.print(f"resuming {output}: {len(files) - len(todo)} of {len(files)} inputs already there, "
+                          f"{len(todo)} to scan")
+        files = todo
 
-    rows = [r.as_row() for r in results]
+    counts = {"generated": 0, "real": 0, "unreadable": 0}
+    kept: list[dict] = []
+    with open_output(output if fmt.streams else None, appending) as stream:
+        rows = RowStream(stream, fmt, columns, write_header=not (appending and output.stat().st_size)) if fmt.streams else None
+        try:
+            with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err_console, disable=not progress_enabled(), transient=True) as bar:
+                task = bar.add_task("scan", total=len(files))
+                for result in scan_paths(model, files, batch_size=batch_size, max_pixels=max_pixels,
+                                         on_progress=lambda n: bar.advance(task, n)):
+                    row = result.as_row()
+                    if rows is not None:
+                        rows.write(row)
+                    else:
+                        kept.append(row)
+                    counts["unreadable" if result.error else result.label] += 1
+        except KeyboardInterrupt:
+            kept_where = (f"their rows are in {output}: run the same command with --resume to finish"
+                          if rows is not None and output is not None else "no rows were written (use --format csv or jsonl to keep them)")
+            err_console.print(f"interrupted after {sum(counts.values())} of {len(files)} inputs; {kept_where}")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    if rows is None:
+        text = render(kept, fmt, colour=output is None and sys.stdout.isatty())
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text, encoding="utf-8")
+    scanned = sum(counts.values())
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(render(rows, fmt, colour=False), encoding="utf-8")
-        err_console.print(f"wrote {len(rows)} rows to {output}")
-    else:
-        sys.stdout.write(render(rows, fmt, colour=sys.stdout.isatty()))
-    failed = sum(1 for r in results if r.error)
+        err_console.print(f"{'appended' if appending else 'wrote'} {scanned} rows to {output}")
     if summary:
-        generated = sum(1 for r in results if r.label == "generated")
-        err_console.print(f"{len(results)} inputs: {generated} generated, "
-                          f"{len(results) - generated - failed} real, {failed} unreadable")
-    if failed:
-        err_console.print(f"[yellow]{failed} of {len(results)} inputs could not be scored[/]")
-    raise typer.Exit(EXIT_PARTIAL if failed else EXIT_OK)
+        err_console.print(f"{scanned} inputs: {counts['generated']} generated, {counts['real']} real, "
+                          f"{counts['unreadable']} unreadable")
+    if counts["unreadable"]:
+        err_console.print(f"[yellow]{counts['unreadable']} of {scanned} inputs could not be scored[/]")
+    raise typer.Exit(EXIT_PARTIAL if counts["unreadable"] else EXIT_OK)

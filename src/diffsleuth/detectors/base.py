@@ -101,12 +101,14 @@ class Detector(nn.Module):
     ``forward`` takes a preprocessed batch and returns one logit of "generated" per image. Detectors
     whose input is not a plain image batch (LaRE², DNF) override :meth:`score_images`. Modules named
     in ``external_modules`` (frozen pretrained backbones referenced by id in the config) are not
-    saved in ``model.safetensors``.
+    saved in ``model.safetensors``. ``extra_columns`` names the extras every prediction carries,
+    so a scan can write its CSV header before the first image is scored.
     """
 
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     external_modules: ClassVar[tuple[str, ...]] = ()
+    extra_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()

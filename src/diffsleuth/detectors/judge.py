@@ -228,6 +228,7 @@ class JudgeDetector(Detector):
 
     name = "judge"
     config_class = JudgeConfig
+    extra_columns = ("trace_similarity",)
 
     def __init__(self, config: JudgeConfig, encoder: nn.Module | None = None) -> None:
         super().__init__(config)

@@ -168,6 +168,7 @@ class Lare2Detector(Detector):
     name = "lare2"
     config_class = Lare2Config
     external_modules = ("lare_backbone",)
+    extra_columns = ("lare_mean",)
 
     def __init__(self, config: Lare2Config, visual: nn.Module, lare_backbone: LareExtractor) -> None:
         super().__init__(config)
