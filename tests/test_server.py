@@ -34,3 +34,26 @@ def test_scan_endpoint_scores_good_uploads_and_reports_bad_ones(tmp_path):
 
     expected = model.predict([decode_image(_png(1))])[0].score
     assert rows[0]["score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_scan_endpoint_gives_the_rows_the_cli_gives(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from diffsleuth.cli.main import app
+
+    image = tmp_path / "photo.png"
+    image.write_bytes(_png(3))
+    client = TestClient(create_app(load_detector()))
+    (served,) = client.post("/v1/scan", files=[("files", ("photo.png", image.read_bytes(), "image/png"))]).json()
+    (scanned,) = json.loads(CliRunner().invoke(app, ["scan", str(image), "--format", "json"]).stdout)
+    assert served == {**scanned, "path": "photo.png"}
+    assert "trace_similarity" in served
+
+
+def test_scan_endpoint_refuses_too_many_files(tmp_path):
+    client = TestClient(create_app(load_detector(saved_toy(tmp_path / "toy")), max_files=2))
+    files = [("files", (f"{i}.png", _png(i), "image/png")) for i in range(3)]
+    response = client.post("/v1/scan", files=files)
+    assert response.status_code == 413 and "at most 2" in response.json()["detail"]

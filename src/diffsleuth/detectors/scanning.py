@@ -31,11 +31,27 @@ class ScanResult:
         return row
 
 
-def _decode(path: Path, max_pixels: int) -> Image.Image | ImageDecodeError:
+def decode_or_error(source: Path | bytes, max_pixels: int, name: str | None = None) -> Image.Image | ImageDecodeError:
+    """The decoded image, or the error that names why it could not be read."""
     try:
-        return decode_image(path, max_pixels=max_pixels)
+        return decode_image(source, max_pixels=max_pixels, name=name)
     except ImageDecodeError as exc:
         return exc
+
+
+def score_decoded(detector: Detector, names: Sequence[str], decoded: Sequence[Image.Image | ImageDecodeError],
+                  batch_size: int = 32) -> list[ScanResult]:
+    """One result per input, in order: decode errors become error rows, the images are scored in batches."""
+    images = [item for item in decoded if isinstance(item, Image.Image)]
+    predictions = iter(detector.predict(images, batch_size=batch_size) if images else [])
+    results = []
+    for name, item in zip(names, decoded):
+        if isinstance(item, ImageDecodeError):
+            results.append(ScanResult(name, None, None, error=item.reason))
+        else:
+            pred = next(predictions)
+            results.append(ScanResult(name, round(pred.score, 6), pred.label, extras=pred.extras))
+    return results
 
 
 def scan_paths(
@@ -50,16 +66,7 @@ def scan_paths(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start:start + batch_size])
-            decoded = list(pool.map(lambda p: _decode(p, max_pixels), chunk))
-            good = [(i, img) for i, img in enumerate(decoded) if isinstance(img, Image.Image)]
-            predictions = detector.predict([img for _, img in good], batch_size=batch_size) if good else []
-            by_index = {i: pred for (i, _), pred in zip(good, predictions)}
-            for i, path in enumerate(chunk):
-                item = decoded[i]
-                if isinstance(item, ImageDecodeError):
-                    yield ScanResult(str(path), None, None, error=item.reason)
-                else:
-                    pred = by_index[i]
-                    yield ScanResult(str(path), round(pred.score, 6), pred.label, extras=pred.extras)
+            decoded = list(pool.map(lambda p: decode_or_error(p, max_pixels), chunk))
+            yield from score_decoded(detector, [str(p) for p in chunk], decoded, batch_size)
             if on_progress is not None:
                 on_progress(len(chunk))
