@@ -95,8 +95,12 @@ def scan(
                         kept.append(row)
                     counts["unreadable" if result.error else result.label] += 1
         except KeyboardInterrupt:
-            kept_where = (f"their rows are in {output}: run the same command with --resume to finish"
-                          if rows is not None and output is not None else "no rows were written (use --format csv or jsonl to keep them)")
+            if rows is None:
+                kept_where = "no rows were written (--format csv or jsonl keeps them)"
+            elif output is None:
+                kept_where = "their rows are printed above"
+            else:
+                kept_where = f"their rows are in {output}: run the same command with --resume to finish"
             err_console.print(f"interrupted after {sum(counts.values())} of {len(files)} inputs; {kept_where}")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
