@@ -81,7 +81,9 @@ def scan(
     counts = {"generated": 0, "real": 0, "unreadable": 0}
     kept: list[dict] = []
     with open_output(output if fmt.streams else None, appending) as stream:
-        rows = RowStream(stream, fmt, columns, write_header=not (appending and output.stat().st_size)) if fmt.streams else None
+        rows = None
+        if fmt.streams:
+            rows = RowStream(stream, fmt, columns, write_header=not (appending and output.stat().st_size))
         try:
             with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=err_console, disable=not progress_enabled(), transient=True) as bar:

@@ -62,12 +62,15 @@ class RowStream:
     ``write_header=False`` appends to a file that already has it.
     """
 
-    def __init__(self, stream: TextIO, fmt: OutputFormat, columns: Sequence[str], write_header: bool = True) -> None:
-        self.stream, self.fmt = stream, fmt
-        self.csv = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n") if fmt is OutputFormat.csv else None
-        if self.csv is not None and write_header:
-            self.csv.writeheader()
-            stream.flush()
+    def __init__(self, stream: TextIO, fmt: OutputFormat, columns: Sequence[str],
+                 write_header: bool = True) -> None:
+        self.stream = stream
+        self.csv = None
+        if fmt is OutputFormat.csv:
+            self.csv = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n")
+            if write_header:
+                self.csv.writeheader()
+                stream.flush()
 
     def write(self, row: dict[str, Any]) -> None:
         if self.csv is not None:
