@@ -107,12 +107,8 @@ def scan(
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     if rows is None:
-        text = render(kept, fmt, colour=output is None and sys.stdout.isatty())
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(text, encoding="utf-8")
+        with open_output(output, append=False) as stream:
+            stream.write(render(kept, fmt, colour=output is None and sys.stdout.isatty()))
     scanned = sum(counts.values())
     if output is not None:
         err_console.print(f"{'appended' if appending else 'wrote'} {scanned} rows to {output}")
