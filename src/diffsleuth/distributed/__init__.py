@@ -1,0 +1,1 @@
+"""Scale-out: scanning on a Ray cluster (optional extra ``diffsleuth[distributed]``)."""

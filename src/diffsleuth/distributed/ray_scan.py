@@ -1,0 +1,154 @@
+"""Scan images on a Ray cluster with Ray Data.
+
+The cluster reads the files as bytes (local paths on a shared file system, or URIs such as
+``s3://bucket/folder``), a pool of actors each loads the detector once and scores batches with
+the very code ``diffsleuth scan`` uses, so a row here equals that command's row for the same file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from diffsleuth.cli.scan_output import COLUMNS
+from diffsleuth.detectors.registry import load_detector
+from diffsleuth.detectors.scanning import decode_or_error, score_decoded
+from diffsleuth.devices import resolve_dtype
+from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
+from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+
+
+class RayScanError(ValueError):
+    """The inputs or settings of a cluster scan are unusable (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """What every scoring actor needs to load the detector the same way."""
+
+    detector: str | None = None
+    gpus_per_actor: float = 0.0
+    precision: str = "auto"
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+class ScoreImages:
+    """Ray Data UDF: one detector per actor, torch limited to the CPUs Ray gave the actor."""
+
+    def __init__(self, settings: ActorSettings) -> None:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+        device = torch.device("cuda" if settings.gpus_per_actor > 0 else "cpu")
+        self.model = load_detector(settings.detector, device=device,
+                                   dtype=resolve_dtype(device, settings.precision))
+        self.settings = settings
+        self.columns = COLUMNS + list(self.model.extra_columns)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        names = [str(path) for path in batch["path"]]
+        decoded = [decode_or_error(bytes(data), self.settings.max_pixels, name=name)
+                   for name, data in zip(names, batch["bytes"])]
+        rows = [result.as_row() for result in score_decoded(self.model, names, decoded, self.settings.batch_size)]
+        return {column: [row.get(column) for row in rows] for column in self.columns}
+
+
+def resolve_sources(inputs: Sequence[str]) -> list[str]:
+    """Local inputs expanded like ``diffsleuth scan`` (absolute paths), or URIs passed to Ray as they are."""
+    uris = [item for item in inputs if "://" in item]
+    if uris and len(uris) != len(inputs):
+        raise RayScanError("mix of URIs and local paths: scan them in separate runs")
+    if uris:
+        return list(uris)
+    files: dict[str, None] = {}
+    for item in inputs:
+        found = expand_inputs([item])
+        if not found:
+            raise RayScanError(f"no image files found in {item}")
+        missing = [path for path in found if not path.is_file()]
+        if missing:
+            raise RayScanError(f"no such file: {missing[0]}")
+        files.update((str(path.resolve()), None) for path in found)
+    return list(files)
+
+
+def default_actors(settings: ActorSettings, cpus_per_actor: float) -> int:
+    """One actor per GPU share, else one per CPU share."""
+    resources = ray.cluster_resources()
+    if settings.gpus_per_actor > 0:
+        return max(1, int(resources.get("GPU", 0) // settings.gpus_per_actor))
+    return max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+
+
+def scan_dataset(inputs: Sequence[str], settings: ActorSettings, actors: int | None = None,
+                 cpus_per_actor: float = 1.0, done: frozenset[str] = frozenset()) -> ray.data.Dataset | None:
+    """A lazy Ray dataset of scan rows (``path, score, label, error`` and the detector's extras).
+
+    Needs a running Ray (``ray.init``). Folders named in ``inputs`` are searched for image
+    extensions; a file named explicitly is always scored, so a broken one becomes an error row.
+    Paths in ``done`` (rows an earlier run wrote) are skipped; ``None`` when nothing is left.
+    """
+    sources = resolve_sources(inputs)
+    remote = "://" in sources[0]
+    if not remote:
+        sources = [source for source in sources if source not in done]
+        if not sources:
+            return None
+    extensions = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS) if remote else None
+    pool = actors or default_actors(settings, cpus_per_actor)
+    # Reading only moves bytes (actors decode), and a read task that waits for a CPU the actors
+    # hold would never run: reads reserve no CPU, and as many run at once as there are actors.
+    files = ray.data.read_binary_files(sources, include_paths=True, file_extensions=extensions,
+                                       concurrency=pool, num_cpus=0)
+    if remote and done:
+        files = files.filter(lambda row: row["path"] not in done, num_cpus=0)
+    return files.map_batches(
+        ScoreImages,
+        fn_constructor_args=(settings,),
+        batch_size=settings.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_cpus=cpus_per_actor,
+        num_gpus=settings.gpus_per_actor or None,
+    )
+
+
+def write_rows(rows: ray.data.Dataset, output: str, fmt: str) -> None:
+    """Run the scan; each block's rows land in their own file under ``output`` as soon as they are scored.
+
+    Writing reserves no CPU, for the reason reading does not: the actors may hold them all.
+    """
+    writer = {"csv": rows.write_csv, "jsonl": rows.write_json, "parquet": rows.write_parquet}[fmt]
+    writer(output, ray_remote_args={"num_cpus": 0})
+
+
+def read_columns(output: str, fmt: str, columns: list[str]) -> Iterator[Any]:
+    """Pandas batches of ``columns`` from the row files under ``output``."""
+    reader = {"csv": ray.data.read_csv, "jsonl": ray.data.read_json, "parquet": ray.data.read_parquet}[fmt]
+    try:
+        yield from reader(output, num_cpus=0).select_columns(columns).iter_batches(batch_format="pandas")
+    except Exception as exc:  # Ray wraps reader errors in many types; all mean the same here.
+        raise RayScanError(f"{output}: row files that are not {fmt} scan rows ({type(exc).__name__}); "
+                           "use another folder") from exc
+
+
+def written_paths(output: str, fmt: str) -> frozenset[str]:
+    """Paths whose rows are already under ``output`` (what ``--resume`` skips)."""
+    if "://" not in output and not (Path(output).is_dir() and any(Path(output).iterdir())):
+        return frozenset()
+    return frozenset(path for batch in read_columns(output, fmt, ["path"]) for path in batch["path"])
+
+
+def count_labels(output: str, fmt: str) -> dict[str, int]:
+    """``generated`` / ``real`` / ``unreadable`` counts of the rows written to ``output``."""
+    counts = {"generated": 0, "real": 0, "unreadable": 0}
+    for batch in read_columns(output, fmt, ["label", "error"]):
+        for label in ("generated", "real"):
+            counts[label] += int((batch["label"] == label).sum())
+        counts["unreadable"] += int(batch["error"].fillna("").astype(str).str.len().gt(0).sum())
+    return counts

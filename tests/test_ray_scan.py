@@ -1,0 +1,98 @@
+"""``diffsleuth scan-ray``: the same rows as ``diffsleuth scan``, written by Ray Data on a local Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from diffsleuth.cli.app import EXIT_PARTIAL, EXIT_USAGE
+from diffsleuth.cli.main import app
+from imagefiles import write_broken_files, write_good_files
+
+ray = pytest.importorskip("ray")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mixed").resolve()
+    write_good_files(folder / "good")
+    write_broken_files(folder / "broken")
+    return folder
+
+
+def said(result) -> str:
+    """The command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def read_rows(folder, fmt: str) -> pd.DataFrame:
+    files = sorted(folder.iterdir())
+    assert files, f"nothing written to {folder}"
+    reader = {"csv": pd.read_csv, "jsonl": lambda f: pd.read_json(f, lines=True), "parquet": pd.read_parquet}[fmt]
+    return pd.concat([reader(f) for f in files]).set_index("path").sort_index()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_cluster_rows_equal_the_local_scan(local_ray, mixed, tmp_path, fmt):
+    local = runner.invoke(app, ["scan", str(mixed), "--format", "json"])
+    expected = pd.DataFrame(json.loads(local.stdout)).set_index("path").sort_index()
+    result = runner.invoke(app, ["scan-ray", str(mixed), "--output", str(tmp_path / "rows"), "--format", fmt,
+                                 "--actors", "1", "--batch-size", "4", "--summary"])
+    assert result.exit_code == local.exit_code == EXIT_PARTIAL, result.output
+    rows = read_rows(tmp_path / "rows", fmt)
+    assert list(rows.index) == list(expected.index)
+    scored = expected["error"].isna()
+    assert scored.sum() > 0 and (~scored).sum() > 0
+    # An actor runs torch on one thread, the local scan on all cores: summation order differs.
+    assert rows.loc[scored, "score"].tolist() == pytest.approx(expected.loc[scored, "score"].tolist(), abs=1e-5)
+    assert rows.loc[scored, "label"].tolist() == expected.loc[scored, "label"].tolist()
+    assert rows["trace_similarity"].notna().tolist() == scored.tolist()
+    assert rows.loc[~scored, "error"].tolist() == expected.loc[~scored, "error"].tolist()
+    assert rows.loc[~scored, "score"].isna().all()
+    generated = int((expected["label"] == "generated").sum())
+    assert (f"{len(expected)} inputs: {generated} generated, {int(scored.sum()) - generated} real, "
+            f"{int((~scored).sum())} unreadable") in said(result)
+
+
+def test_refuses_a_folder_that_holds_rows_and_names_bad_inputs(local_ray, mixed, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "old.csv").write_text("path\n")
+    result = runner.invoke(app, ["scan-ray", str(mixed), "--output", str(taken)])
+    assert result.exit_code == EXIT_USAGE and "not empty" in said(result)
+    assert [p.name for p in taken.iterdir()] == ["old.csv"]
+
+    missing = tmp_path / "gone.png"
+    result = runner.invoke(app, ["scan-ray", str(missing), "--output", str(tmp_path / "a")])
+    assert result.exit_code == EXIT_USAGE and "gone.png" in said(result)
+    result = runner.invoke(app, ["scan-ray", str(mixed), "s3://bucket/x", "--output", str(tmp_path / "b")])
+    assert result.exit_code == EXIT_USAGE and "mix of URIs and local paths" in said(result)
+    result = runner.invoke(app, ["scan-ray", str(mixed), "--detector", "nope", "--output", str(tmp_path / "c")])
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_resume_scores_only_the_inputs_missing_from_the_folder(local_ray, mixed, tmp_path):
+    out = tmp_path / "rows"
+    good, broken = sorted((mixed / "good").iterdir()), sorted((mixed / "broken").iterdir())
+    first = runner.invoke(app, ["scan-ray", str(mixed / "good"), "--output", str(out), "--actors", "1"])
+    assert first.exit_code == 0, first.output
+    first_files = set(out.iterdir())
+    resumed = runner.invoke(app, ["scan-ray", str(mixed), "--output", str(out), "--actors", "1", "--resume"])
+    assert resumed.exit_code == EXIT_PARTIAL, resumed.output
+    assert f"{len(good)} rows already there" in said(resumed)
+    new_rows = pd.concat([pd.read_csv(f) for f in set(out.iterdir()) - first_files])
+    assert sorted(new_rows["path"]) == [str(p) for p in broken]
+    rows = read_rows(out, "csv")
+    assert rows.index.is_unique and sorted(rows.index) == sorted(str(p) for p in good + broken)
