@@ -27,6 +27,17 @@ def open_output(output: Optional[Path], append: bool) -> ContextManager[TextIO]:
     return output.open("a" if append else "w", encoding="utf-8", newline="")
 
 
+def scan_exit(counts: dict[str, int], summary: bool) -> typer.Exit:
+    """Report the counts (all with ``summary``, the unreadable always); exit 3 if any input was unreadable."""
+    scanned = sum(counts.values())
+    if summary:
+        err_console.print(f"{scanned} inputs: {counts['generated']} generated, {counts['real']} real, "
+                          f"{counts['unreadable']} unreadable")
+    if counts["unreadable"]:
+        err_console.print(f"[yellow]{counts['unreadable']} of {scanned} inputs could not be scored[/]")
+    return typer.Exit(EXIT_PARTIAL if counts["unreadable"] else EXIT_OK)
+
+
 @app.command()
 def scan(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
@@ -112,9 +123,4 @@ def scan(
     scanned = sum(counts.values())
     if output is not None:
         err_console.print(f"{'appended' if appending else 'wrote'} {scanned} rows to {output}")
-    if summary:
-        err_console.print(f"{scanned} inputs: {counts['generated']} generated, {counts['real']} real, "
-                          f"{counts['unreadable']} unreadable")
-    if counts["unreadable"]:
-        err_console.print(f"[yellow]{counts['unreadable']} of {scanned} inputs could not be scored[/]")
-    raise typer.Exit(EXIT_PARTIAL if counts["unreadable"] else EXIT_OK)
+    raise scan_exit(counts, summary)

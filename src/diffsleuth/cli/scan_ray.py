@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffsleuth.cli.app import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
+from diffsleuth.cli.app import EXIT_INTERRUPTED, app, err_console, fail_usage
+from diffsleuth.cli.scan import scan_exit
 from diffsleuth.detectors.base import WeightsError
 from diffsleuth.detectors.registry import SHIPPED, resolve_detector_path
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
@@ -92,11 +93,5 @@ def scan_ray(
         if started:
             ray.shutdown()
 
-    scanned = sum(counts.values())
-    err_console.print(f"{scanned} rows in {output}")
-    if summary:
-        err_console.print(f"{scanned} inputs: {counts['generated']} generated, {counts['real']} real, "
-                          f"{counts['unreadable']} unreadable")
-    if counts["unreadable"]:
-        err_console.print(f"[yellow]{counts['unreadable']} of {scanned} inputs could not be scored[/]")
-    raise typer.Exit(EXIT_PARTIAL if counts["unreadable"] else EXIT_OK)
+    err_console.print(f"{sum(counts.values())} rows in {output}")
+    raise scan_exit(counts, summary)
