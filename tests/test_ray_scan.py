@@ -80,7 +80,9 @@ def test_refuses_a_folder_that_holds_rows_and_names_bad_inputs(local_ray, mixed,
     assert result.exit_code == EXIT_USAGE and "mix of URIs and local paths" in said(result)
     result = runner.invoke(app, ["scan-ray", str(mixed), "--detector", "nope", "--output", str(tmp_path / "c")])
     assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
-    assert not any((tmp_path / name).exists() for name in "abc")
+    result = runner.invoke(app, ["scan-ray", str(mixed), "--precision", "fp8", "--output", str(tmp_path / "d")])
+    assert result.exit_code == EXIT_USAGE and "fp8" in said(result)
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_resume_scores_only_the_inputs_missing_from_the_folder(local_ray, mixed, tmp_path):

@@ -68,7 +68,7 @@ def scan_ray(
         raise fail_usage(f"{output} is not empty: rows from two scans would mix; choose a new folder or --resume")
     try:
         settings = ActorSettings(portable_detector(detector), gpus_per_actor, precision, batch_size, max_pixels)
-    except WeightsError as exc:
+    except (WeightsError, ValueError) as exc:
         raise fail_usage(str(exc)) from exc
 
     started = not ray.is_initialized()

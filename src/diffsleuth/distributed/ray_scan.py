@@ -37,6 +37,17 @@ class ActorSettings:
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    def __post_init__(self) -> None:
+        resolve_dtype(self.device, self.precision)  # a bad precision fails on the driver, not in every actor
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.gpus_per_actor > 0 else "cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return resolve_dtype(self.device, self.precision)
+
 
 class ScoreImages:
     """Ray Data UDF: one detector per actor, torch limited to the CPUs Ray gave the actor."""
@@ -44,9 +55,7 @@ class ScoreImages:
     def __init__(self, settings: ActorSettings) -> None:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
-        device = torch.device("cuda" if settings.gpus_per_actor > 0 else "cpu")
-        self.model = load_detector(settings.detector, device=device,
-                                   dtype=resolve_dtype(device, settings.precision))
+        self.model = load_detector(settings.detector, device=settings.device, dtype=settings.dtype)
         self.settings = settings
         self.columns = COLUMNS + list(self.model.extra_columns)
 
