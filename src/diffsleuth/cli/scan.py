@@ -11,10 +11,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffsleuth.cli.app import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage, progress_enabled
-from diffsleuth.cli.scan_output import COLUMNS, OutputFormat, RowStream, ScanOutputError, render, written_rows
+from diffsleuth.cli.scan_output import OutputFormat, RowStream, ScanOutputError, render, written_rows
 from diffsleuth.detectors.base import WeightsError
 from diffsleuth.detectors.registry import load_detector
-from diffsleuth.detectors.scanning import scan_paths
+from diffsleuth.detectors.scanning import row_columns, scan_paths
 from diffsleuth.devices import resolve_device, resolve_dtype
 from diffsleuth.io.datasets import expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
@@ -77,7 +77,7 @@ def scan(
     except WeightsError as exc:
         raise fail_usage(str(exc)) from exc
 
-    columns = COLUMNS + list(model.extra_columns)
+    columns = row_columns(model)
     appending = resume and output.is_file()
     if appending:
         try:

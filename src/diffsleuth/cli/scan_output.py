@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-COLUMNS = ["path", "score", "label", "error"]
+from diffsleuth.detectors.scanning import COLUMNS
 
 
 class OutputFormat(str, Enum):

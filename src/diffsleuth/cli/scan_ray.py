@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -60,11 +59,11 @@ def scan_ray(
     try:
         import ray
 
-        from diffsleuth.distributed.ray_scan import (ActorSettings, RayScanError, count_labels, scan_dataset,
-                                                     write_rows, written_paths)
+        from diffsleuth.distributed.ray_scan import (ActorSettings, RayScanError, count_labels, local_folder_in_use,
+                                                     scan_dataset, write_rows, written_paths)
     except ImportError as exc:
         raise fail_usage(f"Ray is not installed ({exc}): pip install 'diffsleuth[distributed]'") from exc
-    if not resume and "://" not in output and Path(output).exists() and any(Path(output).iterdir()):
+    if not resume and local_folder_in_use(output):
         raise fail_usage(f"{output} is not empty: rows from two scans would mix; choose a new folder or --resume")
     try:
         settings = ActorSettings(portable_detector(detector), gpus_per_actor, precision, batch_size, max_pixels)

@@ -16,6 +16,13 @@ from PIL import Image
 from diffsleuth.detectors.base import Detector
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
+COLUMNS = ("path", "score", "label", "error")
+
+
+def row_columns(detector: Detector) -> list[str]:
+    """The columns of every row this detector gives: the standard four, then its extras."""
+    return [*COLUMNS, *detector.extra_columns]
+
 
 @dataclass
 class ScanResult:

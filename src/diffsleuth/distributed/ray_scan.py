@@ -15,9 +15,8 @@ from typing import Any
 import ray
 import torch
 
-from diffsleuth.cli.scan_output import COLUMNS
 from diffsleuth.detectors.registry import load_detector
-from diffsleuth.detectors.scanning import decode_or_error, score_decoded
+from diffsleuth.detectors.scanning import decode_or_error, row_columns, score_decoded
 from diffsleuth.devices import resolve_dtype
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
@@ -57,7 +56,7 @@ class ScoreImages:
         torch.set_num_threads(max(1, int(cpus)))
         self.model = load_detector(settings.detector, device=settings.device, dtype=settings.dtype)
         self.settings = settings
-        self.columns = COLUMNS + list(self.model.extra_columns)
+        self.columns = row_columns(self.model)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         names = [str(path) for path in batch["path"]]
@@ -146,9 +145,14 @@ def read_columns(output: str, fmt: str, columns: list[str]) -> Iterator[Any]:
                            "use another folder") from exc
 
 
+def local_folder_in_use(output: str) -> bool:
+    """Whether ``output`` is a local folder that already holds files (a URI is never checked)."""
+    return "://" not in output and Path(output).is_dir() and any(Path(output).iterdir())
+
+
 def written_paths(output: str, fmt: str) -> frozenset[str]:
     """Paths whose rows are already under ``output`` (what ``--resume`` skips)."""
-    if "://" not in output and not (Path(output).is_dir() and any(Path(output).iterdir())):
+    if "://" not in output and not local_folder_in_use(output):
         return frozenset()
     return frozenset(path for batch in read_columns(output, fmt, ["path"]) for path in batch["path"])
 
