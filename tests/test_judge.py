@@ -19,7 +19,7 @@ from diffsleuth.detectors.base import WeightsError
 from diffsleuth.detectors.judge import (JudgeConfig, JudgeDetector, count_parameters, grid_crops,
                                        judge_loss, limit_scale)
 from diffsleuth.detectors.judge_training import (TRAINING_LOG, JudgeTrainConfig, fit_calibration, run,
-                                                 train_batch)
+                                                 train_batch, weight_average)
 from diffsleuth.detectors.registry import SHIPPED, load_detector
 
 TINY_MODEL = {"width": 4, "embed_dim": 8, "proj_hidden": 16, "num_traces": 2,
@@ -140,6 +140,30 @@ def test_training_is_deterministic_and_round_trips(labelled_folder, tmp_path):
     assert [p.score for p in model.predict(images)] == [p.score for p in reloaded.predict(images)]
     log = json.loads((first / TRAINING_LOG).read_text())
     assert len(log["history"]) == 2 and 1 <= log["best_epoch"] <= 2
+
+
+def test_weight_average_is_an_exponential_moving_average_of_weights_and_statistics():
+    model = JudgeDetector.from_config(config_from_dict(JudgeConfig, TINY_MODEL))
+    assert weight_average(model, None) is None
+    average = weight_average(model, 0.9)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    average.update_parameters(model)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(1.0)
+    average.update_parameters(model)
+    for key, value in average.module.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, first[key] + 0.1, atol=1e-6), key
+
+
+def test_training_with_a_weight_average_is_deterministic_and_saves_the_average(labelled_folder, tmp_path):
+    plain = run(tiny_train_config(labelled_folder, tmp_path / "plain"))
+    runs = [run(tiny_train_config(labelled_folder, tmp_path / name, ema_decay=0.5)) for name in "ab"]
+    wa, wb, wp = (load_file(str(out / "model.safetensors")) for out in (*runs, plain))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], wp[k]) for k in wa)
 
 
 def test_a_short_training_run_lowers_the_loss():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from diffsleuth.settings import config_to_dict
@@ -70,6 +71,7 @@ class JudgeTrainConfig(TrainConfig):
     family_repeats: dict[str, int] = field(default_factory=dict)
     native_crops: dict[str, int] = field(default_factory=dict)
     native_crop_size: int = 384
+    ema_decay: float | None = None
     threads: int | None = None
 
 
@@ -203,8 +205,21 @@ def usable_splits(cfg: JudgeTrainConfig) -> dict[str, list[ImageRecord]]:
     return splits
 
 
+def weight_average(net: JudgeDetector, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of the weights (and BatchNorm statistics), or None.
+
+    Validation, checkpoint choice and calibration then use the average: a smoother trajectory
+    than the raw weights, so which epoch wins and where the model lands depend less on the last
+    few noisy steps.
+    """
+    if not decay:
+        return None
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_epoch(accelerator, model, optimizer, scheduler, cfg: JudgeTrainConfig,
-                make_batch, batches: list[list[int]], desc: str) -> list[dict[str, float]]:
+                make_batch, batches: list[list[int]], desc: str,
+                average: AveragedModel | None = None) -> list[dict[str, float]]:
     """One pass over ``batches`` of indices; returns the loss parts of every step."""
     model.train()
     net = accelerator.unwrap_model(model)
@@ -221,6 +236,8 @@ def train_epoch(accelerator, model, optimizer, scheduler, cfg: JudgeTrainConfig,
         accelerator.backward(parts["loss"])
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update_parameters(net)
         losses.append({k: float(v.detach()) for k, v in parts.items()})
         bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
     return losses
@@ -255,6 +272,7 @@ def run(cfg: JudgeTrainConfig) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    average = weight_average(accelerator.unwrap_model(model), cfg.ema_decay)
     labels_all = torch.tensor([r.label for r in train_records])
     rng = random.Random(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed)
@@ -269,9 +287,9 @@ def run(cfg: JudgeTrainConfig) -> Path:
         order = torch.randperm(len(train_records), generator=order_gen).tolist()
         batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
         losses = train_epoch(accelerator, model, optimizer, scheduler, cfg, make_batch, batches,
-                             f"epoch {epoch + 1}/{cfg.epochs}")
+                             f"epoch {epoch + 1}/{cfg.epochs}", average)
         entry = {"epoch": epoch + 1, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
-        net = accelerator.unwrap_model(model)
+        net = average.module if average is not None else accelerator.unwrap_model(model)
         if val_batch is not None:
             entry["val_auc"] = auc_of(val_labels, trace_scores(net, val_batch))
             selection = entry["val_auc"] if not math.isnan(entry["val_auc"]) else -entry["loss"]
