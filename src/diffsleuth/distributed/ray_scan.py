@@ -66,9 +66,14 @@ class ScoreImages:
         return {column: [row.get(column) for row in rows] for column in self.columns}
 
 
+def is_uri(location: str) -> bool:
+    """Whether Ray, not the local file system, resolves ``location`` (``s3://``, ``gs://``, ...)."""
+    return "://" in location
+
+
 def resolve_sources(inputs: Sequence[str]) -> list[str]:
     """Local inputs expanded like ``diffsleuth scan`` (absolute paths), or URIs passed to Ray as they are."""
-    uris = [item for item in inputs if "://" in item]
+    uris = [item for item in inputs if is_uri(item)]
     if uris and len(uris) != len(inputs):
         raise RayScanError("mix of URIs and local paths: scan them in separate runs")
     if uris:
@@ -102,7 +107,7 @@ def scan_dataset(inputs: Sequence[str], settings: ActorSettings, actors: int | N
     Paths in ``done`` (rows an earlier run wrote) are skipped; ``None`` when nothing is left.
     """
     sources = resolve_sources(inputs)
-    remote = "://" in sources[0]
+    remote = is_uri(sources[0])
     if not remote:
         sources = [source for source in sources if source not in done]
         if not sources:
@@ -147,12 +152,12 @@ def read_columns(output: str, fmt: str, columns: list[str]) -> Iterator[Any]:
 
 def local_folder_in_use(output: str) -> bool:
     """Whether ``output`` is a local folder that already holds files (a URI is never checked)."""
-    return "://" not in output and Path(output).is_dir() and any(Path(output).iterdir())
+    return not is_uri(output) and Path(output).is_dir() and any(Path(output).iterdir())
 
 
 def written_paths(output: str, fmt: str) -> frozenset[str]:
     """Paths whose rows are already under ``output`` (what ``--resume`` skips)."""
-    if "://" not in output and not local_folder_in_use(output):
+    if not is_uri(output) and not local_folder_in_use(output):
         return frozenset()
     return frozenset(path for batch in read_columns(output, fmt, ["path"]) for path in batch["path"])
 
