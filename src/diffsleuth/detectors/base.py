@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from PIL import Image
 from safetensors import SafetensorError
@@ -37,11 +38,16 @@ class WeightsError(ValueError):
 
 @dataclass
 class Prediction:
-    """Score of one image: ``score`` is the probability that it was generated, in [0, 1]."""
+    """Score of one image: ``score`` is the probability that it was generated, in [0, 1].
+
+    ``score_map`` (rows x cols, float32, each cell P(generated) of one region of the image as the
+    detector read it, rows top to bottom) is set by detectors that score regions; else ``None``.
+    """
 
     score: float
     label: str
     extras: dict[str, Any] = field(default_factory=dict)
+    score_map: np.ndarray | None = None
 
 
 @dataclass
@@ -132,7 +138,9 @@ class Detector(nn.Module):
 
     @torch.inference_mode()
     def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[dict]]:
-        """Return P(generated) for each image (float32, CPU) and per-image extras."""
+        """Return P(generated) for each image (float32, CPU) and per-image extras.
+
+        An extra named ``score_map`` (a 2-D array) becomes :attr:`Prediction.score_map`."""
         batch = self.preprocess(images).to(self.device, self.dtype)
         logits = self(batch).float().reshape(-1)
         return torch.sigmoid(logits).cpu(), [{} for _ in images]
@@ -148,7 +156,9 @@ class Detector(nn.Module):
                 probs, extras = self.score_images(chunk)
                 for p, extra in zip(probs.tolist(), extras):
                     label = GENERATED if p >= self.config.threshold else REAL_LABEL
-                    out.append(Prediction(score=float(p), label=label, extras=extra))
+                    score_map = extra.pop("score_map", None)
+                    out.append(Prediction(score=float(p), label=label, extras=extra,
+                                          score_map=None if score_map is None else np.asarray(score_map, np.float32)))
         finally:
             self.train(was_training)
         return out

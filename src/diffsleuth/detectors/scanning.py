@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from diffsleuth.detectors.base import Detector
@@ -31,6 +32,7 @@ class ScanResult:
     label: str | None
     error: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    score_map: np.ndarray | None = None
 
     def as_row(self) -> dict[str, Any]:
         row = {"path": self.path, "score": self.score, "label": self.label, "error": self.error}
@@ -57,7 +59,8 @@ def score_decoded(detector: Detector, names: Sequence[str], decoded: Sequence[Im
             results.append(ScanResult(name, None, None, error=item.reason))
         else:
             pred = next(predictions)
-            results.append(ScanResult(name, round(pred.score, 6), pred.label, extras=pred.extras))
+            results.append(ScanResult(name, round(pred.score, 6), pred.label, extras=pred.extras,
+                                          score_map=pred.score_map))
     return results
 
 
