@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -10,11 +12,11 @@ from conftest import random_photo
 from diffsleuth.backbones import load_ddpm
 from diffsleuth.cli.main import app
 from diffsleuth.features.cache import FeatureCache
-from diffsleuth.features.ddim import ddim_invert, ddim_reconstruct, ddim_step, timestep_levels
+from diffsleuth.features.ddim import ddim_invert, ddim_reconstruct, ddim_step, dire_levels, dnf_levels
 from diffsleuth.features.dire import DireConfig, dire_map
 from diffsleuth.features.dnf import dnf_map
 from diffsleuth.features.extract import extract_records
-from diffsleuth.features.noise_features import NoiseFeatureConfig, NoiseFeatureExtractor, legacy_quantise
+from diffsleuth.features.noise_features import NoiseFeatureConfig, NoiseFeatureExtractor, frame_batch, legacy_quantise
 from diffsleuth.io.datasets import load_records
 
 runner = CliRunner()
@@ -69,11 +71,66 @@ def test_multi_step_dnf_and_dire_are_deterministic(ddpm):
     assert (dire_map(unet, scheduler, x, num_steps=3) >= 0).all()
 
 
-def test_levels_span_the_schedule(ddpm):
+def test_levels_are_the_official_ones(ddpm):
+    # Changed on purpose (issue 24): DNF ran over linspace(0, 999), DIRE over S+1 of those levels.
     _, scheduler = ddpm
-    assert timestep_levels(scheduler, 1) == [0, 999]
-    levels = timestep_levels(scheduler, 20)
-    assert levels[0] == 0 and levels[-1] == 999 and len(levels) == 21
+    assert dnf_levels(scheduler, 1) == [0, 1000]
+    assert dnf_levels(scheduler, 5) == [0, 200, 400, 600, 800, 1000]
+    assert dire_levels(scheduler, 20) == list(range(0, 1000, 50))
+    assert dire_levels(scheduler, 3) == [0, 334, 668]
+    with pytest.raises(ValueError):
+        dire_levels(scheduler, 0)
+
+
+def test_k_step_dnf_predicts_the_noise_at_the_first_k_levels(ddpm):
+    unet, scheduler = ddpm
+    x = images(2)
+    stack = dnf_map(unet, scheduler, x, num_steps=2, return_stack=True)
+    first = unet(x, torch.zeros(2, dtype=torch.long)).sample
+    abar = scheduler.alphas_cumprod
+    x500 = ddim_step(x, first, float(abar[0]), float(abar[500]))
+    second = unet(x500, torch.full((2,), 500, dtype=torch.long)).sample
+    assert torch.allclose(stack[:, 0], first, atol=1e-5) and torch.allclose(stack[:, 1], second, atol=1e-5)
+
+
+def test_dire_clips_the_predicted_x0(ddpm):
+    x, eps = torch.tensor([0.5]), torch.tensor([-3.0])
+    implied = (0.5 + math.sqrt(0.5) * 3) / math.sqrt(0.5)
+    assert ddim_step(x, eps, 0.5, 1.0).item() == pytest.approx(implied)
+    assert ddim_step(x, eps, 0.5, 1.0, clip=True).item() == pytest.approx(1.0)
+    renoised = math.sqrt(0.2) * 1.0 + math.sqrt(0.8) * (0.5 - math.sqrt(0.5)) / math.sqrt(0.5)
+    assert ddim_step(x, eps, 0.5, 0.2, clip=True).item() == pytest.approx(renoised)
+    unet, scheduler = ddpm
+    out = ddim_reconstruct(unet, scheduler, ddim_invert(unet, scheduler, images(1) * 3, 4), 4)
+    assert out.abs().max() <= 1 + 1e-6  # the last step lands on the clipped x0
+
+
+def test_frame_resizes_the_float_image_with_torchvision():
+    """As the official DNF code: read 8 bits, resize the float tensor (antialiased bicubic), no rounding."""
+    from torchvision.transforms import InterpolationMode, Resize
+
+    image = random_photo(3, (300, 200))
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float()
+    want = Resize((32, 32), interpolation=InterpolationMode.BICUBIC, antialias=True)(pixels) / 255 * 2 - 1
+    got = frame_batch([image], 32)[0]
+    assert torch.equal(got, want)
+    assert not torch.allclose(got * 127.5, (got * 127.5).round(), atol=1e-3)  # not 8-bit any more
+    assert torch.equal(frame_batch([image.resize((32, 32))], 32)[0],
+                       torch.from_numpy(np.asarray(image.resize((32, 32))).copy()).permute(2, 0, 1) / 255 * 2 - 1)
+
+
+def test_cache_key_carries_the_feature_revision(ddpm):
+    unet, scheduler = ddpm
+    key = NoiseFeatureExtractor("dnf", NoiseFeatureConfig(backbone="tiny"), unet, scheduler, dnf_map).cache_config()
+    assert key["revision"] == 2
+
+
+def test_dnf_head_starts_from_the_official_initialisation():
+    from diffsleuth.detectors.dnf import build_classifier
+
+    torch.manual_seed(0)
+    weight = build_classifier("resnet18").fc.weight.detach()
+    assert abs(float(weight.std()) - 0.02) < 0.004 and abs(float(weight.mean())) < 0.004
 
 
 def test_ddim_step_matches_the_formula_by_hand():
@@ -88,8 +145,8 @@ def test_inversion_then_reconstruction_returns_the_input_with_an_oracle(ddpm):
     _, scheduler = ddpm
     x0 = images(2, 16)
     oracle = Oracle(x0, scheduler.alphas_cumprod)
-    x_t, noises = ddim_invert(oracle, scheduler, x0, 50)
-    assert len(noises) == 50 and not torch.allclose(x_t, x0)
+    x_t = ddim_invert(oracle, scheduler, x0, 50)
+    assert not torch.allclose(x_t, x0)
     assert torch.allclose(ddim_reconstruct(oracle, scheduler, x_t, 50), x0, atol=1e-4)
     assert dire_map(oracle, scheduler, x0, num_steps=50).max() < 1e-4
 

@@ -46,9 +46,14 @@ class DireDetectorConfig(DnfConfig):
 
 
 def build_classifier(arch: str) -> nn.Module:
-    """torchvision ResNet from scratch with a single "generated" logit."""
+    """torchvision ResNet from scratch with a single "generated" logit.
+
+    The head's weight starts from N(0, 0.02), as the official DNF (and CNNDetection) trainer
+    initialises it; the rest keeps torchvision's initialisation.
+    """
     net = getattr(torchvision.models, arch)(weights=None)
     net.fc = nn.Linear(net.fc.in_features, 1)
+    nn.init.normal_(net.fc.weight, 0.0, 0.02)
     return net
 
 

@@ -1,8 +1,9 @@
 """Training recipes for DNF and DIRE: cached features, ResNet from scratch, validation-only choices.
 
 The recipe of the DNF paper: BCE with logits, Adam (lr 1e-4), batch 64, horizontal flips. Early
-stopping watches validation accuracy: after ``patience`` epochs without improvement the learning
-rate is divided by 10, and training stops once it falls below ``min_lr``. The checkpoint with the
+stopping watches validation accuracy: an epoch improves when it beats the best accuracy so far by
+at least ``min_improvement`` (0.001, the official rule); after ``patience`` epochs without
+improvement the learning rate is divided by 10, and training stops once it falls below ``min_lr``. The checkpoint with the
 best validation accuracy is kept; the test split is scored once, after selection.
 """
 
@@ -53,6 +54,7 @@ class DnfTrainConfig(TrainConfig):
     lr: float = 1e-4
     patience: int = 5
     min_lr: float = 1e-6
+    min_improvement: float = 0.001
     extract_batch_size: int = 8
     reencode: str = "none"
 
@@ -132,7 +134,7 @@ def train_noise_detector(config: DnfTrainConfig, cls: type[NoiseFeatureDetector]
     detector.classifier = classifier
 
     history: list[dict[str, Any]] = []
-    best = (-1.0, float("inf"))
+    best = -float("inf")
     best_state, best_epoch, waited = None, 0, 0
     for epoch in range(1, config.epochs + 1):
         detector.train()
@@ -150,14 +152,14 @@ def train_noise_detector(config: DnfTrainConfig, cls: type[NoiseFeatureDetector]
         if val_loader is not None:
             probs, labels, val_loss = score_loader(detector, val_loader, accelerator.device)
             entry["val"] = summarise(probs, labels, val_loss, 0.5)
-            key = (entry["val"]["acc"], val_loss)
+            value = entry["val"]["acc"]
         else:
-            key = (-entry["train_loss"], entry["train_loss"])
+            value = -entry["train_loss"]
         history.append(entry)
         accelerator.print(f"epoch {epoch}: train loss {entry['train_loss']:.4f}"
                           + (f", val acc {entry['val']['acc']:.4f}" if val_loader is not None else ""))
-        if key[0] > best[0] or (key[0] == best[0] and key[1] < best[1]):
-            best, best_epoch, waited = key, epoch, 0
+        if best_state is None or value >= best + config.min_improvement:
+            best, best_epoch, waited = value, epoch, 0
             best_state = copy.deepcopy(accelerator.unwrap_model(classifier).state_dict())
             continue
         waited += 1

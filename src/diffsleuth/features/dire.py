@@ -1,7 +1,9 @@
 """DIRE, the DIffusion Reconstruction Error (Wang et al., ICCV 2023), on the DNF backbone.
 
-The image is inverted to x_T with S deterministic DDIM steps and reconstructed with S more;
-DIRE is the absolute pixel difference. It costs 2S UNet passes per image where DNF costs one.
+The image is inverted to x_T with S deterministic DDIM steps and reconstructed with S more, over
+the official levels (0, 50, ..., 950 for S = 20) with the predicted x0 clipped to [-1, 1] at every
+step (:mod:`diffsleuth.features.ddim`); DIRE is the absolute pixel difference. It costs 2S UNet
+passes per image where DNF costs one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class DireConfig(NoiseFeatureConfig):
 @torch.no_grad()
 def dire_map(unet: nn.Module, scheduler, images: torch.Tensor, num_steps: int = 20) -> torch.Tensor:
     """images (B, 3, H, W) in [-1, 1] -> |x0 - reconstruct(invert(x0))|, float (B, 3, H, W)."""
-    x_t, _ = ddim_invert(unet, scheduler, images, num_steps)
+    x_t = ddim_invert(unet, scheduler, images, num_steps)
     return (images - ddim_reconstruct(unet, scheduler, x_t, num_steps)).abs().float()
 
 

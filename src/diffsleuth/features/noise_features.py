@@ -1,4 +1,10 @@
-"""What DNF and DIRE share: the pixel-space DDPM backbone, the 256 frame, caching and legacy mode."""
+"""What DNF and DIRE share: the pixel-space DDPM backbone, the 256 frame, caching and legacy mode.
+
+The frame follows the official DNF code: the decoded 8-bit image becomes a float tensor (0..255)
+that torchvision resizes (bicubic, antialiased, no rounding or clamping of the result) before the
+mapping to [-1, 1]. Resizing the 8-bit image with PIL instead rounds and clips every pixel, which
+changed the feature by up to 11 % on non-256 inputs.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,20 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from diffsleuth.backbones.loading import DDPM_BEDROOM_ID, load_ddpm
 from diffsleuth.settings import config_to_dict
 from diffsleuth.io.datasets import ImageRecord
-from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
+from diffsleuth.io.preprocess import PreprocessConfig
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
 LEGACY_JPEG_QUALITY = 75
 """Pillow's default JPEG quality, which the official code's image saving used."""
+FEATURE_REVISION = 2
+"""Part of the cache key: bumped whenever the computation changes for the same settings
+(2: torchvision float resize and the official DDIM levels / x0 clipping), so stale entries of an
+older version are never reused."""
 
 
 @dataclass
@@ -32,7 +43,19 @@ class NoiseFeatureConfig:
     legacy: bool = False
 
     def frame(self) -> PreprocessConfig:
+        """The detector's preprocessing record (the resize itself is :func:`frame_batch`)."""
         return PreprocessConfig(size=self.size, policy="resize", interpolation="bicubic")
+
+
+def frame_batch(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """Images -> (B, 3, size, size) float32 in [-1, 1], resized as the official DNF code does."""
+    frames = []
+    for image in images:
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float()
+        if pixels.shape[-2:] != (size, size):
+            pixels = resize(pixels, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        frames.append(pixels)
+    return torch.stack(frames) / 255.0 * 2.0 - 1.0
 
 
 def legacy_quantise(feature: torch.Tensor, jpeg_quality: int | None = None) -> torch.Tensor:
@@ -60,13 +83,13 @@ class NoiseFeatureExtractor(nn.Module):
 
     def cache_config(self) -> dict:
         dtype = str(next(self.unet.parameters()).dtype).removeprefix("torch.")
-        return {"feature": self.name, **config_to_dict(self.config), "dtype": dtype}
+        return {"feature": self.name, **config_to_dict(self.config), "dtype": dtype, "revision": FEATURE_REVISION}
 
     @torch.no_grad()
     def compute(self, images: Sequence[Image.Image], jpeg_sources: Sequence[bool] | None = None) -> torch.Tensor:
         """(B, 3, size, size) float32 features on the CPU."""
         parameter = next(self.unet.parameters())
-        pixels = preprocess_batch(list(images), self.config.frame()).to(parameter.device, parameter.dtype)
+        pixels = frame_batch(images, self.config.size).to(parameter.device, parameter.dtype)
         feature = self.feature(self.unet, self.scheduler, pixels, num_steps=self.config.num_steps).float()
         if self.config.legacy:
             sources = jpeg_sources or [False] * len(images)
