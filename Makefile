@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 IMAGES ?= $(wildcard ../shared/data/multigen ../shared/data/sd14-vs-unsplash)
 SCAN_OUTPUT ?= scan-results.csv
 
-.PHONY: scan test install bench
+.PHONY: scan test install bench browser screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,20 @@ scan: install
 	$(BIN)/diffsleuth scan $(IMAGES) --format csv --output $(SCAN_OUTPUT) --summary
 	@echo "first rows of $(SCAN_OUTPUT):"; head -n 11 $(SCAN_OUTPUT)
 
+## browser: Debian's Chromium for the browser tests (tests/test_web_page.py). Best-effort: it
+## installs only as root with apt-get; elsewhere those tests are skipped with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
+	  echo "chromium is not installed: the browser tests will be skipped (apt-get install chromium)"
+
 ## test: run the whole test suite
-test: install
+test: install browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+## screenshot: docs/images/web-page.png, the page with results (needs chromium)
+screenshot: install browser
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/screenshot.py
 
 ## bench: time feature extractors and scanning (not part of the tests)
 bench: install

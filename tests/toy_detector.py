@@ -35,3 +35,24 @@ class ToyDetector(Detector):
 def saved_toy(folder, seed: int = 0):
     torch.manual_seed(seed)
     return ToyDetector(ToyConfig()).save_pretrained(folder)
+
+
+@register_detector
+class ToyMapDetector(ToyDetector):
+    """The toy detector plus a 3x4 score map per image (region scores of the same head)."""
+
+    name = "toy-map"
+
+    @torch.inference_mode()
+    def score_images(self, images):
+        batch = self.preprocess(images).to(self.device, self.dtype)
+        features = torch.relu(self.conv(batch))
+        regions = nn.functional.adaptive_avg_pool2d(features, (3, 4))  # N x hidden x 3 x 4
+        maps = torch.sigmoid(self.head(regions.permute(0, 2, 3, 1)).squeeze(-1)).float().cpu()
+        probs = torch.sigmoid(self(batch).float().reshape(-1)).cpu()
+        return probs, [{"score_map": m.numpy()} for m in maps]
+
+
+def saved_toy_map(folder, seed: int = 0):
+    torch.manual_seed(seed)
+    return ToyMapDetector(ToyConfig()).save_pretrained(folder)

@@ -8,7 +8,7 @@ import typer
 
 from diffsleuth.cli.app import app, fail_usage
 from diffsleuth.detectors.base import WeightsError
-from diffsleuth.detectors.registry import load_detector
+from diffsleuth.detectors.registry import load_detector, resolve_detector_path
 from diffsleuth.devices import resolve_device, resolve_dtype
 
 
@@ -20,7 +20,7 @@ def serve(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
 ) -> None:
-    """Serve POST /v1/scan (multipart files) and GET /health."""
+    """Serve the web page at /, POST /v1/scan (multipart files) and GET /health."""
     try:
         import uvicorn
 
@@ -30,6 +30,7 @@ def serve(
     try:
         torch_device = resolve_device(device)
         model = load_detector(detector, device=torch_device, dtype=resolve_dtype(torch_device, precision))
+        card = resolve_detector_path(detector) / "MODEL_CARD.md"
     except (ValueError, KeyError, WeightsError) as exc:
         raise fail_usage(str(exc)) from exc
-    uvicorn.run(create_app(model), host=host, port=port)
+    uvicorn.run(create_app(model, model_card=card), host=host, port=port)

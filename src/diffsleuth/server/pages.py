@@ -1,0 +1,78 @@
+"""The page people use (``GET /``), its static files, the model card as HTML, and ``/docs``.
+
+Everything the page needs ships in ``server/static`` (plain HTML, CSS and one script; no CDN, no
+build step), so it works on a machine with no network. The page calls the same ``/v1/scan`` API
+that scripts call, so what a person sees is what a script gets. A strict Content-Security-Policy
+allows scripts, styles and requests from this server only (thumbnails come from ``blob:`` URLs of
+the person's own files), and no inline script, so a file name that looks like HTML cannot run.
+"""
+
+from __future__ import annotations
+
+import html
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+STATIC = files("diffsleuth.server") / "static"
+# Only these files are served from the package (no path from the request reaches the file system).
+STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+                "favicon.svg": "image/svg+xml"}
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
+def render_markdown(text: str) -> str:
+    """CommonMark (+ tables) to HTML with raw HTML escaped, never passed through."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
+def _page(title: str, body: str) -> str:
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><link rel=\"icon\" href=\"/static/favicon.svg\">"
+            "<link rel=\"stylesheet\" href=\"/static/app.css\"></head>"
+            f"<body><main class=\"document\"><p><a href=\"/\">&larr; Back to the page</a></p>{body}</main></body></html>")
+
+
+def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = None) -> APIRouter:
+    """Routes for people: ``/``, ``/static/*``, ``/model-card`` and ``/docs`` (not in the OpenAPI)."""
+    router = APIRouter(include_in_schema=False)
+    index = (STATIC / "index.html").read_text(encoding="utf-8")
+    index = index.replace("{{max_files}}", str(int(max_files))).replace("{{max_file_bytes}}", str(int(max_file_bytes)))
+    has_card = model_card is not None and model_card.is_file()
+    index = index.replace("{{has_model_card}}", "true" if has_card else "false")
+
+    @router.get("/")
+    def page() -> HTMLResponse:
+        return HTMLResponse(index, headers=SECURITY_HEADERS)
+
+    @router.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise HTTPException(404, "no such file")
+        return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name], headers=SECURITY_HEADERS)
+
+    @router.get("/model-card")
+    def card() -> HTMLResponse:
+        if not has_card:
+            raise HTTPException(404, "this detector ships no model card")
+        body = render_markdown(model_card.read_text(encoding="utf-8"))
+        return HTMLResponse(_page("Model card", f"<article class=\"model-card\">{body}</article>"),
+                            headers=SECURITY_HEADERS)
+
+    @router.get("/docs")
+    def docs() -> RedirectResponse:
+        # FastAPI's Swagger UI loads its scripts from a CDN (blank offline); the page's API section
+        # says how to call /v1/scan and links the OpenAPI schema at /openapi.json instead.
+        return RedirectResponse("/#api", status_code=307)
+
+    return router

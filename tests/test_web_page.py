@@ -1,0 +1,254 @@
+"""The web page in a real browser: Playwright driving Debian's Chromium against a real uvicorn.
+
+Skipped, with the reason, when Chromium or Playwright is missing (``make test`` and ``.ci/run``
+install both). Every page runs with the network blocked: any request to a host other than
+127.0.0.1 is aborted and recorded, and each test ends by asserting there was none.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import random_photo
+from diffsleuth.detectors import load_detector
+from toy_detector import saved_toy_map
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (pip install -e '.[dev]')")
+
+from diffsleuth.server.app import create_app  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+XSS_NAME = "<img src=x onerror=alert(1)>.png"
+
+
+def _png(seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
+    buffer = io.BytesIO()
+    random_photo(seed, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _serve(app) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free port of 127.0.0.1 in a thread; yield its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; `make test` does it as root)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory) -> Iterator[str]:
+    """The shipped default detector with its model card: what `diffsleuth serve` runs."""
+    from diffsleuth.detectors.registry import resolve_detector_path
+
+    yield from _serve(create_app(load_detector(), model_card=resolve_detector_path(None) / "MODEL_CARD.md"))
+
+
+@pytest.fixture(scope="module")
+def map_server(tmp_path_factory) -> Iterator[str]:
+    """A toy detector that returns a 3x4 score map per image."""
+    yield from _serve(create_app(load_detector(saved_toy_map(tmp_path_factory.mktemp("toy-map")))))
+
+
+class Page:
+    """A browser page with the network blocked, every dialog and off-host request recorded."""
+
+    def __init__(self, browser, base: str, width: int = 1280, height: int = 900) -> None:
+        self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.blocked: list[str] = []
+        self.dialogs: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on("dialog", self._dialog)
+        self.page.set_default_timeout(30_000)
+        self.page.goto(base + "/")
+
+    def _route(self, route) -> None:
+        url = route.request.url
+        if url.startswith(("http://127.0.0.1:", "blob:", "data:")):
+            route.continue_()
+        else:
+            self.blocked.append(url)
+            route.abort()
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def drop(self, files: list[tuple[str, bytes, str]]) -> None:
+        """Drop files on the drop zone as a person dragging them from a file manager would."""
+        payload = [{"name": n, "b64": base64.b64encode(d).decode(), "type": t} for n, d, t in files]
+        transfer = self.page.evaluate_handle(
+            """(files) => {
+                const dt = new DataTransfer();
+                for (const f of files) {
+                    const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+                    dt.items.add(new File([bytes], f.name, {type: f.type}));
+                }
+                return dt;
+            }""", payload)
+        self.page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+        self.page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+
+    def wait_for_results(self, count: int):
+        results = self.page.locator('[data-testid="result"]')
+        sync_api.expect(results).to_have_count(count)
+        sync_api.expect(self.page.locator('[data-testid="pending"]')).to_have_count(0)
+        return results
+
+    def close(self) -> None:
+        self.context.close()
+        assert self.blocked == [], f"requests left 127.0.0.1: {self.blocked}"
+
+
+@pytest.fixture
+def open_page(browser):
+    pages = []
+
+    def _open(base: str, **viewport) -> Page:
+        pages.append(Page(browser, base, **viewport))
+        return pages[-1]
+
+    yield _open
+    for page in pages:
+        page.close()
+
+
+def test_dropped_photo_generated_image_and_corrupt_file_get_three_cards(open_page, default_server, shared_data):
+    folder = shared_data / "sd14-vs-unsplash"
+    photo = (folder / "real" / "real_0000.png").read_bytes()
+    generated = (folder / "fake" / "fake_0000.png").read_bytes()
+    ui = open_page(default_server)
+    ui.drop([("photo.png", photo, "image/png"), ("generated.png", generated, "image/png"),
+             ("corrupt.jpg", b"\xff\xd8\xff this is not a JPEG", "image/jpeg")])
+    results = ui.wait_for_results(3)
+    cards = {results.nth(i).get_attribute("data-filename"): results.nth(i) for i in range(3)}
+    assert set(cards) == {"photo.png", "generated.png", "corrupt.jpg"}
+    for name in ("photo.png", "generated.png"):
+        score = float(cards[name].get_attribute("data-score"))
+        assert 0.0 <= score <= 1.0 and cards[name].get_attribute("data-label") in {"real", "generated"}
+        sync_api.expect(cards[name].locator(".pct")).to_have_text(f"{round(score * 100)}%")
+    error = cards["corrupt.jpg"]
+    assert error.get_attribute("data-label") == "error" and error.get_attribute("data-score") is None
+    sync_api.expect(error).to_contain_text("Could not score")
+    sync_api.expect(ui.page.locator(".card.error")).to_have_count(1)
+    sync_api.expect(ui.page.locator("#progress-text")).to_have_text("Scored 3 images.")
+    sync_api.expect(ui.page.locator("#detector")).to_contain_text("Detector: judge")
+    # the thumbnails are the person's own files, as blob: URLs
+    assert all(src.startswith("blob:") for src in ui.page.locator(".thumb img").evaluate_all("i => i.map(x => x.src)"))
+    ui.page.click("#model-card-link")
+    sync_api.expect(ui.page.locator("h1")).to_contain_text("default detector")
+
+
+def test_score_map_overlay_toggles_over_the_thumbnail(open_page, map_server):
+    ui = open_page(map_server)
+    ui.page.set_input_files('input[type="file"]', files=[
+        {"name": "a.png", "mimeType": "image/png", "buffer": _png(1)}])
+    (card,) = [ui.wait_for_results(1).first]
+    overlay = card.locator('[data-testid="score-map"]')
+    sync_api.expect(overlay).to_be_hidden()
+    toggle = card.locator("button.map-toggle")
+    sync_api.expect(toggle).to_have_text("Show score map")
+    toggle.click()
+    sync_api.expect(overlay).to_be_visible()
+    sync_api.expect(toggle).to_have_attribute("aria-pressed", "true")
+    assert overlay.evaluate("c => [c.width, c.height]") == [4, 3]
+    image, drawn = card.locator(".thumb img").bounding_box(), overlay.bounding_box()
+    for key in ("x", "y", "width", "height"):
+        assert drawn[key] == pytest.approx(image[key], abs=1.0)
+    toggle.click()
+    sync_api.expect(overlay).to_be_hidden()
+
+
+def test_a_file_name_that_looks_like_html_is_shown_as_text(open_page, map_server):
+    ui = open_page(map_server)
+    ui.page.set_input_files('input[type="file"]', files=[
+        {"name": XSS_NAME, "mimeType": "image/png", "buffer": _png(2)}])
+    card = ui.wait_for_results(1).first
+    assert card.get_attribute("data-filename") == XSS_NAME
+    sync_api.expect(card.locator(".name")).to_have_text(XSS_NAME)
+    assert ui.page.locator('img[src="x"]').count() == 0
+    ui.page.wait_for_timeout(300)  # give a (wrongly) injected onerror handler time to fire
+    assert ui.dialogs == []
+
+
+def test_keyboard_alone_opens_the_chooser_and_pasting_an_image_scores_it(open_page, map_server):
+    ui = open_page(map_server)
+    for _ in range(10):
+        ui.page.keyboard.press("Tab")
+        if ui.page.evaluate("document.activeElement.id") == "choose":
+            break
+    assert ui.page.evaluate("document.activeElement.id") == "choose"
+    with ui.page.expect_file_chooser() as chooser:
+        ui.page.keyboard.press("Enter")
+    chooser.value.set_files([{"name": "chosen.png", "mimeType": "image/png", "buffer": _png(3)}])
+    ui.wait_for_results(1)
+    ui.page.evaluate(
+        """(b64) => {
+            const dt = new DataTransfer();
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            dt.items.add(new File([bytes], "pasted.png", {type: "image/png"}));
+            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt}));
+        }""", base64.b64encode(_png(4)).decode())
+    results = ui.wait_for_results(2)
+    assert results.nth(1).get_attribute("data-filename") == "pasted.png"
+
+
+def test_many_files_go_in_batches_within_the_servers_file_limit(browser, tmp_path, open_page):
+    base_iter = _serve(create_app(load_detector(saved_toy_map(tmp_path / "toy")), max_files=2))
+    base = next(base_iter)
+    try:
+        ui = open_page(base)
+        posts = []
+        ui.page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        ui.page.set_input_files('input[type="file"]', files=[
+            {"name": f"{i}.png", "mimeType": "image/png", "buffer": _png(10 + i, (48, 40))} for i in range(5)])
+        results = ui.wait_for_results(5)
+        assert [results.nth(i).get_attribute("data-filename") for i in range(5)] == [f"{i}.png" for i in range(5)]
+        assert ui.page.locator(".card.error").count() == 0 and len(posts) == 3
+    finally:
+        next(base_iter, None)
+
+
+def test_phone_width_has_no_horizontal_overflow(open_page, map_server):
+    ui = open_page(map_server, width=375, height=812)
+    ui.page.set_input_files('input[type="file"]', files=[
+        {"name": "a-rather-long-file-name-without-any-spaces-from-a-phone-camera-0001.png",
+         "mimeType": "image/png", "buffer": _png(5, (1200, 300))},
+        {"name": "b.png", "mimeType": "image/png", "buffer": _png(6)}])
+    ui.wait_for_results(2)
+    ui.page.locator('[data-testid="result"]').first.get_by_role("button", name="Show score map").click()
+    widths = ui.page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert widths[0] <= widths[1] == 375
+    for box in ui.page.locator('[data-testid="result"]').evaluate_all(
+            "cards => cards.map(c => c.getBoundingClientRect().right)"):
+        assert box <= 375
