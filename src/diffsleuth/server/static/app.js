@@ -43,8 +43,8 @@
     threshold = typeof info.threshold === "number" ? info.threshold : null;
     const where = document.getElementById("detector");
     where.textContent = "Detector: " + info.detector +
-      (threshold === null ? "" : " \u00b7 labelled generated at a score of " + pct(threshold) + " or more");
-    if (threshold !== null) document.getElementById("threshold-text").textContent = pct(threshold);
+      (threshold === null ? "" : " \u00b7 labelled generated at a score of " + thresholdPct(threshold) + " or more");
+    if (threshold !== null) document.getElementById("threshold-text").textContent = thresholdPct(threshold);
   }).catch(() => {
     document.getElementById("detector").textContent = "The detector did not answer; is the server running?";
   });
@@ -56,6 +56,11 @@
   function pct(p) {
     const v = p * 100;
     return (v > 0 && v < 1 ? v.toFixed(1) : Math.round(v)) + "%";
+  }
+
+  // A threshold to one decimal (50.3%, not 50%): a score of 50.2% is then visibly below it.
+  function thresholdPct(t) {
+    return parseFloat((t * 100).toFixed(1)) + "%";
   }
 
   // ---- cards -----------------------------------------------------------------------------------
@@ -113,7 +118,7 @@
     const body = card.querySelector(".body");
 
     const score = el("p", "score");
-    score.append(el("span", "pct", pct(row.score)), el("span", "pct-caption", " score (P generated)"));
+    score.append(el("span", "pct-caption", "Estimated chance it was generated"), el("span", "pct", pct(row.score)));
     body.appendChild(score);
 
     const bar = el("div", "bar");
@@ -128,13 +133,13 @@
     if (typeof used === "number") {
       const tick = el("div", "tick");
       tick.style.left = (used * 100).toFixed(1) + "%";
-      tick.title = "threshold " + pct(used);
+      tick.title = "threshold " + thresholdPct(used);
       bar.appendChild(tick);
     }
     body.appendChild(bar);
 
     body.appendChild(el("p", "badge badge-" + (row.label === "generated" ? "generated" : "real"),
-      row.label + (typeof used === "number" ? " (threshold " + pct(used) + ")" : "")));
+      row.label + (typeof used === "number" ? " (threshold " + thresholdPct(used) + ")" : "")));
 
     if (row.verdict || row.declared || row.provenance) {
       const evidence = el("dl", "evidence");
@@ -185,10 +190,13 @@
       for (let c = 0; c < cols; c++) {
         const p = Math.min(1, Math.max(0, Number(grid[r][c]) || 0));
         const i = (r * cols + c) * 4;
-        pixels.data[i] = Math.round(40 + 215 * p);       // blue (real) to red (generated)
-        pixels.data[i + 1] = 60;
-        pixels.data[i + 2] = Math.round(255 - 215 * p);
-        pixels.data[i + 3] = 150;
+        // diverging: red where a region looked generated, blue where it looked real, the
+        // stronger the further from 50%; an undecided region leaves the image almost clear
+        const generated = p >= 0.5;
+        pixels.data[i] = generated ? 220 : 30;
+        pixels.data[i + 1] = generated ? 30 : 90;
+        pixels.data[i + 2] = generated ? 30 : 230;
+        pixels.data[i + 3] = Math.round(20 + 190 * Math.abs(p - 0.5) * 2);
       }
     }
     ctx.putImageData(pixels, 0, 0);
@@ -196,13 +204,16 @@
     const toggle = el("button", "map-toggle", "Show score map");
     toggle.type = "button";
     toggle.setAttribute("aria-pressed", "false");
+    const legend = el("p", "map-legend", "Map: red regions looked generated, blue ones real; " +
+      "the stronger the colour, the surer the detector.");
+    legend.hidden = true;
     toggle.addEventListener("click", () => {
       const on = canvas.hidden;
-      canvas.hidden = !on;
+      canvas.hidden = legend.hidden = !on;
       toggle.setAttribute("aria-pressed", String(on));
       toggle.textContent = on ? "Hide score map" : "Show score map";
     });
-    card.querySelector(".body").appendChild(toggle);
+    card.querySelector(".body").append(toggle, legend);
   }
 
   // ---- sending ---------------------------------------------------------------------------------
@@ -309,7 +320,7 @@
     drop.classList.add("over");
   });
   document.addEventListener("dragleave", (event) => {
-    if (event.target === document.documentElement || event.target === drop) drop.classList.remove("over");
+    if (!event.relatedTarget) drop.classList.remove("over");  // the drag left the window
   });
   document.addEventListener("drop", (event) => {
     event.preventDefault();

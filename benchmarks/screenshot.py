@@ -1,0 +1,101 @@
+"""Screenshot of the web page with results, for the README (``make screenshot``).
+
+Serves the shipped default detector on a free port of 127.0.0.1, opens the page in Debian's
+Chromium (Playwright), drops a few images from ``../shared/data`` plus a corrupt file, shows the
+first score map when the detector gives maps, and writes a palette PNG (small enough for the
+repository) of the whole page:
+
+    .venv/bin/python benchmarks/screenshot.py                         # docs/images/web-page.png
+    .venv/bin/python benchmarks/screenshot.py --width 375 --output /tmp/phone.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+from diffsleuth.detectors import load_detector
+from diffsleuth.detectors.registry import resolve_detector_path
+from diffsleuth.server.app import create_app
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+# Two photographs and two generated images of the shared development data (see their manifests).
+SAMPLES = ["sd14-vs-unsplash/real/real_0004.png", "sd14-vs-unsplash/fake/fake_0003.png",
+           "multigen/real/{first}", "multigen/fake/{first}"]
+
+
+def sample_files() -> list[Path]:
+    files = []
+    for pattern in SAMPLES:
+        folder, _, name = pattern.rpartition("/")
+        if name == "{first}":
+            found = sorted(p for p in (SHARED / folder).rglob("*") if p.is_file())
+            if found:
+                files.append(found[0])
+        elif (SHARED / pattern).is_file():
+            files.append(SHARED / pattern)
+    if not files:
+        sys.exit(f"no sample images under {SHARED}: put the shared data beside this checkout")
+    return files
+
+
+def serve() -> tuple[uvicorn.Server, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(load_detector(), model_card=resolve_detector_path(None) / "MODEL_CARD.md")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{port}/"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "images" / "web-page.png")
+    parser.add_argument("--width", type=int, default=1100, help="viewport width in CSS pixels")
+    parser.add_argument("--colors", type=int, default=128, help="palette size of the written PNG")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        sys.exit("chromium is not installed (apt-get install chromium)")
+    server, url = serve()
+    files = [{"name": p.name, "mimeType": "image/png" if p.suffix == ".png" else "image/webp",
+              "buffer": p.read_bytes()} for p in sample_files()]
+    files.append({"name": "scan-0042.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff truncated"})
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": args.width, "height": 900})
+            page.goto(url)
+            page.set_input_files('input[type="file"]', files=files)
+            expect(page.locator('[data-testid="result"]')).to_have_count(len(files), timeout=60_000)
+            expect(page.locator("#detector")).to_contain_text("Detector")
+            toggles = page.locator("button.map-toggle")
+            if toggles.count():
+                toggles.first.click()
+            page.evaluate("document.activeElement.blur()")
+            shot = page.screenshot(full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+    image = Image.open(io.BytesIO(shot)).convert("RGB").quantize(colors=args.colors, dither=Image.Dither.NONE)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.output, optimize=True)
+    print(f"{args.output}: {image.width}x{image.height}, {args.output.stat().st_size // 1024} KB")
+
+
+if __name__ == "__main__":
+    main()
