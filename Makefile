@@ -16,7 +16,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,server,distributed]'
 	touch $@
 
+# the pinned encoder weights live in the user cache: fetched once, verified (SHA-256) on every run
 install: $(VENV)/.installed
+	$(BIN)/diffsleuth weights fetch
 
 ## scan: score every image under IMAGES with the shipped default detector (CSV to SCAN_OUTPUT)
 scan: install

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from diffsleuth.cli.main import app
 from diffsleuth.settings import config_from_dict
 from diffsleuth.detectors.base import WeightsError
-from diffsleuth.detectors.judge import (JudgeConfig, JudgeDetector, count_parameters, grid_crops,
-                                       judge_loss, limit_scale)
+from diffsleuth.detectors.image_grid import grid_crops, limit_scale
+from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, count_parameters, judge_loss
 from diffsleuth.detectors.judge_training import (TRAINING_LOG, JudgeTrainConfig, fit_calibration, run,
                                                  train_batch, weight_average)
 from diffsleuth.detectors.registry import SHIPPED, load_detector
@@ -307,3 +307,9 @@ def test_model_card_lists_false_positives_of_real_only_sets():
     assert text.startswith("3 more real photographs") and "`a-wallpapers` (2), `b-doc` (1)" in text
     assert "`photos/debian-photos.csv`" in text and "repeated 3x" in text
     assert debian_text({}, cfg) == "not used in this run."
+
+
+def test_the_compact_judge_stays_available_by_name():
+    compact = load_detector("judge-compact")
+    assert isinstance(compact, JudgeDetector) and compact.config.encoder == "cnn"
+    assert compact.predict([random_photo(0, (300, 200))])[0].score_map is None  # one centre crop: no map

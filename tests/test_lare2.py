@@ -187,3 +187,10 @@ def test_shipped_genimage_config_parses():
     assert config.rename_splits == {"val": "test"} and config.batch_size == 48 and config.lr == 1e-4
     assert config.detector.lare.timestep == 200 and config.detector.lare.ensemble == 4
     assert config.detector.clip_model == "RN50"
+
+
+def test_the_relative_lare_map_is_the_score_map(detector):
+    pred = detector.predict([random_photo(7, (320, 240))])[0]
+    assert pred.score_map.shape == (28, 28)  # the latent cells of the 224 crop CLIP reads
+    assert pred.score_map.max() == pytest.approx(1.0) and pred.score_map.min() >= 0
+    assert "score_map" not in pred.extras and pred.extras["lare_mean"] > 0

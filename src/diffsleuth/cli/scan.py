@@ -12,9 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from diffsleuth.cli.app import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage, progress_enabled
 from diffsleuth.cli.scan_output import OutputFormat, RowStream, ScanOutputError, render, written_rows
+from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
+from diffsleuth.cli.weights import configure_runtime
 from diffsleuth.detectors.base import WeightsError
 from diffsleuth.detectors.registry import load_detector
-from diffsleuth.detectors.scanning import row_columns, scan_paths
+from diffsleuth.detectors.scanning import ScanResult, row_columns, scan_paths
+from diffsleuth.detectors.score_maps import write_scan_overlay
 from diffsleuth.devices import resolve_device, resolve_dtype
 from diffsleuth.io.datasets import expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
@@ -38,6 +41,17 @@ def scan_exit(counts: dict[str, int], summary: bool) -> typer.Exit:
     return typer.Exit(EXIT_PARTIAL if counts["unreadable"] else EXIT_OK)
 
 
+def write_map(directory: Path, result: ScanResult, max_pixels: int, map_label: str) -> int:
+    """Write one overlay for ``--maps``; 1 if written, 0 (with a warning) if it could not be."""
+    try:
+        write_scan_overlay(directory, result.path, result.score, result.label, result.score_map, max_pixels,
+                           map_label)
+        return 1
+    except (OSError, ValueError) as exc:
+        err_console.print(f"[yellow]no score map for {result.path}: {exc}[/]", highlight=False)
+        return 0
+
+
 @app.command()
 def scan(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
@@ -53,6 +67,13 @@ def scan(
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     summary: Annotated[bool, typer.Option("--summary", help="Print counts per label to stderr.")] = False,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="CPU threads for the model (torch and onnxruntime) [default: torch's].")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        "--cache-dir", help="Cache of fetched weight files [default: $DIFFSLEUTH_CACHE, else ~/.cache/diffsleuth].")] = None,
+    maps: Annotated[Optional[Path], typer.Option(
+        "--maps", help="Write a PNG overlay of each scored image's score map into this folder "
+                       "(named <file stem>-<hash of the path>.png).")] = None,
 ) -> None:
     """Score images: probability that each was generated, one row per input.
 
@@ -68,13 +89,14 @@ def scan(
         raise fail_usage(f"no image files found in {', '.join(paths)}")
     if resume and (output is None or not fmt.streams):
         raise fail_usage("--resume needs --output and --format csv or jsonl")
+    configure_runtime(threads, cache_dir)
     try:
         torch_device = resolve_device(device)
         dtype = resolve_dtype(torch_device, precision)
         model = load_detector(detector, device=torch_device, dtype=dtype)
     except (ValueError, KeyError) as exc:
         raise fail_usage(str(exc).strip("'\"")) from exc
-    except WeightsError as exc:
+    except (WeightsError, WeightsUnavailableError) as exc:
         raise fail_usage(str(exc)) from exc
 
     columns = row_columns(model)
@@ -90,6 +112,7 @@ def scan(
         files = todo
 
     counts = {"generated": 0, "real": 0, "unreadable": 0}
+    written_maps = 0
     kept: list[dict] = []
     with open_output(output if fmt.streams else None, appending) as stream:
         rows = None
@@ -107,6 +130,8 @@ def scan(
                     else:
                         kept.append(row)
                     counts["unreadable" if result.error else result.label] += 1
+                    if maps is not None and result.score_map is not None:
+                        written_maps += write_map(maps, result, max_pixels, model.score_map_label)
         except KeyboardInterrupt:
             if rows is None:
                 kept_where = "no rows were written (--format csv or jsonl keeps them)"
@@ -121,6 +146,8 @@ def scan(
         with open_output(output, append=False) as stream:
             stream.write(render(kept, fmt, colour=output is None and sys.stdout.isatty()))
     scanned = sum(counts.values())
+    if maps is not None:
+        err_console.print(f"wrote {written_maps} score-map overlays to {maps}")
     if output is not None:
         err_console.print(f"{'appended' if appending else 'wrote'} {scanned} rows to {output}")
     raise scan_exit(counts, summary)

@@ -42,6 +42,8 @@ class Prediction:
 
     ``score_map`` (rows x cols, float32, each cell P(generated) of one region of the image as the
     detector read it, rows top to bottom) is set by detectors that score regions; else ``None``.
+    A detector whose cells hold something else names it in ``Detector.score_map_label`` (LaRE²:
+    relative latent reconstruction error).
     """
 
     score: float
@@ -115,6 +117,7 @@ class Detector(nn.Module):
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     external_modules: ClassVar[tuple[str, ...]] = ()
     extra_columns: ClassVar[tuple[str, ...]] = ()
+    score_map_label: ClassVar[str] = "P(generated)"  # what a score_map cell holds (overlay colour bar)
 
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()

