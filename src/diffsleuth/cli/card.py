@@ -1,0 +1,67 @@
+"""``diffsleuth card DETECTOR --data ROOT``: measure a detector and write its model card."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from diffsleuth.cli.app import app, err_console, fail_usage
+
+
+@app.command()
+def card(
+    detector: Annotated[str, typer.Argument(help="Detector folder or shipped name (default, judge-compact).")],
+    data: Annotated[list[str], typer.Option("--data", help="Labelled dataset root or manifest (repeatable).")],
+    output: Annotated[Optional[Path], typer.Option(help="Folder for MODEL_CARD.md and card_metrics.json (default: the detector's folder).")] = None,
+    degradation: Annotated[Optional[list[str]], typer.Option("--degradation", help="Applied to both classes, e.g. jpeg:90 (repeatable; default jpeg:90 and jpeg:75).")] = None,
+    roles: Annotated[str, typer.Option(help="Comma-separated roles to score: test, holdout, calibration, check (and train, val).")] = "test,holdout,calibration,check",
+    notes: Annotated[Optional[Path], typer.Option(help="Markdown with the method, training data and limits, included verbatim.")] = None,
+    title: Annotated[Optional[str], typer.Option(help="The card's heading.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for AUC/AP intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of the synthetic out-of-domain images.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    max_per_source: Annotated[Optional[int], typer.Option(help="Score at most this many images of each source, role and class (a seeded choice).")] = None,
+    non_photos: Annotated[int, typer.Option(help="Rendered text pages, charts and screenshots, of each.")] = 8,
+    render_only: Annotated[bool, typer.Option(help="Rewrite MODEL_CARD.md from the existing card_metrics.json.")] = False,
+) -> None:
+    """Score held-out data, out-of-domain images and wheel photos; write MODEL_CARD.md + card_metrics.json."""
+    from diffsleuth.detectors.base import WeightsError
+    from diffsleuth.detectors.registry import load_detector, resolve_detector_path
+    from diffsleuth.evaluation.card import evaluate_card
+    from diffsleuth.evaluation.card_render import render_card
+    from diffsleuth.io.datasets import DatasetError
+    from diffsleuth.io.degrade import parse_degradation
+
+    specs = list(degradation or ["jpeg:90", "jpeg:75"])
+    try:
+        folder = resolve_detector_path(detector)
+        for spec in specs:
+            parse_degradation(spec)
+        note_text = notes.read_text(encoding="utf-8") if notes else ""
+    except (WeightsError, ValueError, OSError) as exc:
+        raise fail_usage(str(exc)) from exc
+    out = output or folder
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "card_metrics.json"
+    if render_only:
+        report = json.loads(metrics_path.read_text(encoding="utf-8"))
+    else:
+        try:
+            model = load_detector(detector)
+            report = evaluate_card(model, folder, data, specs, [r.strip() for r in roles.split(",") if r.strip()],
+                                   n_bootstrap=bootstrap, seed=seed, batch_size=batch_size, non_photos=non_photos, max_per_source=max_per_source,
+                                   log=lambda m: err_console.print(m, highlight=False))
+        except (DatasetError, WeightsError) as exc:
+            raise fail_usage(str(exc)) from exc
+        metrics_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    words = ["diffsleuth", "card", detector, *(w for d in data for w in ("--data", d)),
+             *(w for s in specs for w in ("--degradation", s)), "--roles", roles, "--seed", str(seed),
+             *(("--max-per-source", str(max_per_source)) if max_per_source else ())]
+    command = " ".join(shlex.quote(w) for w in words)
+    text = render_card(report, title or f"Model card: {detector}", note_text, command)
+    (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+    typer.echo(str(out / "MODEL_CARD.md"))
