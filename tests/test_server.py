@@ -121,6 +121,9 @@ def test_scan_refuses_an_oversized_file_and_a_body_that_is_not_multipart(tmp_pat
     response = client.post("/v1/scan", files=[("files", ("huge.png", b"x" * 5000, "image/png"))])
     assert response.status_code == 413 and "huge.png" in response.json()["detail"]
     assert client.post("/v1/scan", content=b"{}", headers={"content-type": "application/json"}).status_code == 400
+    capped = TestClient(create_app(load_detector(saved_toy(tmp_path / "toy")), max_request_bytes=1500))
+    response = capped.post("/v1/scan", files=[("files", (f"{i}.png", b"y" * 600, "image/png")) for i in range(3)])
+    assert response.status_code == 413 and "1500 bytes" in response.json()["detail"]
     assert client.post("/v1/scan", data={"note": "no file"}, files=[]).status_code in (400, 422)
 
 

@@ -26,8 +26,10 @@ MAX_FILES = 256
 
 
 def create_app(detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32,
-               max_files: int = MAX_FILES, model_card: Path | None = None) -> FastAPI:
-    """Build the FastAPI app around an already-loaded detector (``model_card``: its MODEL_CARD.md)."""
+               max_files: int = MAX_FILES, model_card: Path | None = None,
+               max_request_bytes: int | None = None) -> FastAPI:
+    """Build the FastAPI app around an already-loaded detector (``model_card``: its MODEL_CARD.md;
+    ``max_request_bytes``: the most file bytes one request may carry, unbounded when None)."""
     # /docs and /redoc are off: FastAPI's pages load their scripts from a CDN, blank offline.
     # /docs leads to the page's API section instead, which links /openapi.json (pages.py).
     app = FastAPI(title="diffsleuth", summary="Was this image generated?", version=__version__,
@@ -47,9 +49,11 @@ def create_app(detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, batch_s
     async def scan(request: Request) -> list[dict[str, Any]]:
         """Score the uploaded images (multipart ``files`` parts): one row per file, in order."""
         uploads = await read_uploads(request.headers.get("content-type"), request.stream(),
-                                     max_files=max_files, max_file_bytes=MAX_UPLOAD_BYTES)
+                                     max_files=max_files, max_file_bytes=MAX_UPLOAD_BYTES,
+                                     max_total_bytes=max_request_bytes)
         return await run_in_threadpool(score_uploads, uploads)
 
-    app.include_router(pages_router(max_files=max_files, max_file_bytes=MAX_UPLOAD_BYTES, model_card=model_card))
+    app.include_router(pages_router(max_files=max_files, max_file_bytes=MAX_UPLOAD_BYTES, model_card=model_card,
+                                    max_request_bytes=max_request_bytes))
 
     return app

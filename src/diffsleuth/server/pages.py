@@ -43,11 +43,20 @@ def _page(title: str, body: str) -> str:
             f"<body><main class=\"document\"><p><a href=\"/\">&larr; Back to the page</a></p>{body}</main></body></html>")
 
 
-def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = None) -> APIRouter:
-    """Routes for people: ``/``, ``/static/*``, ``/model-card`` and ``/docs`` (not in the OpenAPI)."""
+def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = None,
+                 max_request_bytes: int | None = None) -> APIRouter:
+    """Routes for people: ``/``, ``/static/*``, ``/model-card`` and ``/docs`` (not in the OpenAPI).
+
+    The page sends its files in batches within ``max_files``, ``max_file_bytes`` and
+    ``max_request_bytes`` (the server's limits; the last one unknown when None), and shows a file
+    over a limit as an error card without sending it.
+    """
     router = APIRouter(include_in_schema=False)
     index = (STATIC / "index.html").read_text(encoding="utf-8")
-    index = index.replace("{{max_files}}", str(int(max_files))).replace("{{max_file_bytes}}", str(int(max_file_bytes)))
+    limits = {"max_files": int(max_files), "max_file_bytes": int(max_file_bytes),
+              "max_request_bytes": "" if max_request_bytes is None else int(max_request_bytes)}
+    for key, value in limits.items():
+        index = index.replace("{{%s}}" % key, str(value))
     has_card = model_card is not None and model_card.is_file()
     index = index.replace("{{has_model_card}}", "true" if has_card else "false")
 

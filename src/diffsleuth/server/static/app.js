@@ -5,9 +5,14 @@
 (function () {
   const app = document.getElementById("app");
   const maxFiles = Math.max(1, parseInt(app.dataset.maxFiles, 10) || 16);
-  const maxFileBytes = parseInt(app.dataset.maxFileBytes, 10) || 50 * 1024 * 1024;
+  const maxRequestBytes = parseInt(app.dataset.maxRequestBytes, 10) || Infinity;
+  // room for the multipart framing around the files (boundaries, part headers, file names)
+  const FRAMING = 4096;
+  const PART_FRAMING = 1024;
+  const maxFileBytes = Math.min(parseInt(app.dataset.maxFileBytes, 10) || 50 * 1024 * 1024,
+                                maxRequestBytes - FRAMING - PART_FRAMING);
   const BATCH_FILES = Math.min(maxFiles, 8);        // small batches: results appear as they come
-  const BATCH_BYTES = 32 * 1024 * 1024;             // and no request grows past a few files' worth
+  const BATCH_BYTES = Math.min(32 * 1024 * 1024, maxRequestBytes - FRAMING);
   const RETRIES = 3;
   // Keys every row has, or that the page shows on their own; the rest are the detector's extras.
   const KNOWN = new Set(["path", "score", "label", "error", "threshold", "verdict", "declared",
@@ -238,9 +243,9 @@
     let bytes = 0;
     const most = oneAtATime ? 1 : BATCH_FILES;
     while (queue.length && batch.length < most &&
-           (batch.length === 0 || bytes + queue[0].file.size <= BATCH_BYTES)) {
+           (batch.length === 0 || bytes + queue[0].file.size + PART_FRAMING <= BATCH_BYTES)) {
       const item = queue.shift();
-      bytes += item.file.size;
+      bytes += item.file.size + PART_FRAMING;
       batch.push(item);
     }
     return batch;
