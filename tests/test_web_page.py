@@ -193,6 +193,30 @@ def test_score_map_overlay_toggles_over_the_thumbnail(open_page, map_server):
     sync_api.expect(overlay).to_be_hidden()
 
 
+def test_a_map_of_another_quantity_gets_its_own_legend_and_a_single_cell_map_is_not_drawn(open_page, tmp_path):
+    model = load_detector(saved_toy_map(tmp_path / "toy"))
+    model.score_map_label = "relative <error>"
+    rows = [{"path": "one.png", "score": 0.9, "label": "generated", "error": None, "score_map": [[0.9]]},
+            {"path": "two.png", "score": 0.3, "label": "real", "error": None,
+             "score_map": [[0.1, 3.0], [1.5, 2.0]]}]
+    base_iter = _serve(create_app(model))
+    base = next(base_iter)
+    try:
+        ui = open_page(base)
+        ui.page.route("**/v1/scan", lambda route: route.fulfill(json=rows))
+        ui.page.set_input_files('input[type="file"]', files=[
+            {"name": row["path"], "mimeType": "image/png", "buffer": _png(30 + i)} for i, row in enumerate(rows)])
+        results = ui.wait_for_results(2)
+        assert results.nth(0).locator('[data-testid="score-map"]').count() == 0
+        second = results.nth(1)
+        second.locator("button.map-toggle").click()
+        sync_api.expect(second.locator(".map-legend")).to_have_text(
+            "Map: relative <error>, from dark (lowest in this image) to yellow (highest); not a probability.")
+        assert second.locator('[data-testid="score-map"]').evaluate("c => [c.width, c.height]") == [2, 2]
+    finally:
+        next(base_iter, None)
+
+
 def test_a_file_name_that_looks_like_html_is_shown_as_text(open_page, map_server):
     ui = open_page(map_server)
     ui.page.set_input_files('input[type="file"]', files=[

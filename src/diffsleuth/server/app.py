@@ -54,6 +54,7 @@ def create_app(detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, batch_s
         return await run_in_threadpool(score_uploads, uploads)
 
     app.include_router(pages_router(max_files=max_files, max_file_bytes=MAX_UPLOAD_BYTES, model_card=model_card,
-                                    max_request_bytes=max_request_bytes))
+                                    max_request_bytes=max_request_bytes,
+                                    score_map_label=getattr(detector, "score_map_label", "P(generated)")))
 
     return app

@@ -44,12 +44,13 @@ def _page(title: str, body: str) -> str:
 
 
 def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = None,
-                 max_request_bytes: int | None = None) -> APIRouter:
+                 max_request_bytes: int | None = None, score_map_label: str = "P(generated)") -> APIRouter:
     """Routes for people: ``/``, ``/static/*``, ``/model-card`` and ``/docs`` (not in the OpenAPI).
 
     The page sends its files in batches within ``max_files``, ``max_file_bytes`` and
     ``max_request_bytes`` (the server's limits; the last one unknown when None), and shows a file
-    over a limit as an error card without sending it.
+    over a limit as an error card without sending it. ``score_map_label`` says what a cell of the
+    detector's score map holds (the page's legend; LaRE²'s is not a probability).
     """
     router = APIRouter(include_in_schema=False)
     index = (STATIC / "index.html").read_text(encoding="utf-8")
@@ -57,6 +58,7 @@ def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = 
               "max_request_bytes": "" if max_request_bytes is None else int(max_request_bytes)}
     for key, value in limits.items():
         index = index.replace("{{%s}}" % key, str(value))
+    index = index.replace("{{score_map_label}}", html.escape(score_map_label, quote=True))
     has_card = model_card is not None and model_card.is_file()
     index = index.replace("{{has_model_card}}", "true" if has_card else "false")
 

@@ -37,16 +37,19 @@ class ScanRow(BaseModel):
     provenance: Optional[str] = Field(None, description="Short human description of the provenance evidence, "
                                       "or null (present with provenance).")
     score_map: Optional[list[list[float]]] = Field(
-        description="Rows x cols of P(generated) per region of the image as the detector read it, top row "
-                    f"first, rounded to {SCORE_MAP_DECIMALS} places; null when the detector gives no map.")
+        description="Rows x cols, one cell per region of the image as the detector read it, top row first, "
+                    f"rounded to {SCORE_MAP_DECIMALS} places; null when the detector gives no map. A cell is "
+                    "P(generated) unless the detector says otherwise (LaRE²: reconstruction error relative to "
+                    "the image's largest, where low is suspicious).")
 
 
 def score_map_json(score_map: np.ndarray | None) -> list[list[float]] | None:
-    """The map as nested lists rounded to 4 places (JSON-ready), or None."""
+    """The map as nested lists rounded to 4 places (JSON-ready; non-finite cells become 0 or 1), or None."""
     if score_map is None:
         return None
     grid = np.atleast_2d(np.asarray(score_map, dtype=np.float64))
-    return np.round(np.clip(np.nan_to_num(grid, nan=0.0), 0.0, 1.0), SCORE_MAP_DECIMALS).tolist()
+    grid = np.nan_to_num(grid, nan=0.0, posinf=1.0, neginf=0.0)  # JSON has no NaN or infinity
+    return np.round(grid, SCORE_MAP_DECIMALS).tolist()
 
 
 def scan_row(result: ScanResult) -> dict[str, Any]:

@@ -14,6 +14,7 @@
   const BATCH_FILES = Math.min(maxFiles, 8);        // small batches: results appear as they come
   const BATCH_BYTES = Math.min(32 * 1024 * 1024, maxRequestBytes - FRAMING);
   const RETRIES = 3;
+  const mapLabel = app.dataset.scoreMapLabel || "P(generated)";  // what a score-map cell holds
   // Keys every row has, or that the page shows on their own; the rest are the detector's extras.
   const KNOWN = new Set(["path", "score", "label", "error", "threshold", "verdict", "declared",
                          "provenance", "score_map"]);
@@ -164,8 +165,10 @@
       body.appendChild(details);
     }
 
-    if (Array.isArray(row.score_map) && row.score_map.length && Array.isArray(row.score_map[0])) {
-      addMap(card, row.score_map);
+    // A 1x1 map says nothing the score does not: only maps with several regions are drawn.
+    const grid = row.score_map;
+    if (Array.isArray(grid) && grid.length && Array.isArray(grid[0]) && grid.length * grid[0].length > 1) {
+      addMap(card, grid);
     }
   }
 
@@ -181,27 +184,39 @@
   function addMap(card, grid) {
     const rows = grid.length;
     const cols = grid[0].length;
+    const probability = mapLabel === "P(generated)";
+    const values = grid.flat().map((v) => Number(v) || 0);
+    // a map of probabilities is drawn on [0, 1]; any other quantity on its own range
+    const low = probability ? 0 : Math.min(...values);
+    const span = probability ? 1 : Math.max(...values) - low || 1;
     const canvas = el("canvas", "score-map");
     canvas.setAttribute("data-testid", "score-map");
     canvas.width = cols;
     canvas.height = rows;
     canvas.hidden = true;
     canvas.setAttribute("role", "img");
-    canvas.setAttribute("aria-label", "Score map, " + rows + " by " + cols +
-      " regions; red regions looked generated, blue ones real");
+    canvas.setAttribute("aria-label", "Score map, " + rows + " by " + cols + " regions: " + legendText(probability));
     const ctx = canvas.getContext("2d");
     const pixels = ctx.createImageData(cols, rows);
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
-        const p = Math.min(1, Math.max(0, Number(grid[r][c]) || 0));
+        const p = Math.min(1, Math.max(0, ((Number(grid[r][c]) || 0) - low) / span));
         const i = (r * cols + c) * 4;
-        // diverging: red where a region looked generated, blue where it looked real, the
-        // stronger the further from 50%; an undecided region leaves the image almost clear
-        const generated = p >= 0.5;
-        pixels.data[i] = generated ? 220 : 30;
-        pixels.data[i + 1] = generated ? 30 : 90;
-        pixels.data[i + 2] = generated ? 30 : 230;
-        pixels.data[i + 3] = Math.round(20 + 190 * Math.abs(p - 0.5) * 2);
+        if (probability) {
+          // diverging: red where a region looked generated, blue where it looked real, the
+          // stronger the further from 50%; an undecided region leaves the image almost clear
+          const generated = p >= 0.5;
+          pixels.data[i] = generated ? 220 : 30;
+          pixels.data[i + 1] = generated ? 30 : 90;
+          pixels.data[i + 2] = generated ? 30 : 230;
+          pixels.data[i + 3] = Math.round(20 + 190 * Math.abs(p - 0.5) * 2);
+        } else {
+          // another quantity: dark purple (its lowest) to yellow (its highest), half transparent
+          pixels.data[i] = Math.round(70 + 183 * p);
+          pixels.data[i + 1] = Math.round(10 + 221 * p);
+          pixels.data[i + 2] = Math.round(110 - 75 * p);
+          pixels.data[i + 3] = 150;
+        }
       }
     }
     ctx.putImageData(pixels, 0, 0);
@@ -209,8 +224,7 @@
     const toggle = el("button", "map-toggle", "Show score map");
     toggle.type = "button";
     toggle.setAttribute("aria-pressed", "false");
-    const legend = el("p", "map-legend", "Map: red regions looked generated, blue ones real; " +
-      "the stronger the colour, the surer the detector.");
+    const legend = el("p", "map-legend", "Map: " + legendText(probability));
     legend.hidden = true;
     toggle.addEventListener("click", () => {
       const on = canvas.hidden;
@@ -219,6 +233,12 @@
       toggle.textContent = on ? "Hide score map" : "Show score map";
     });
     card.querySelector(".body").append(toggle, legend);
+  }
+
+  function legendText(probability) {
+    return probability
+      ? "red regions looked generated, blue ones real; the stronger the colour, the surer the detector."
+      : mapLabel + ", from dark (lowest in this image) to yellow (highest); not a probability.";
   }
 
   // ---- sending ---------------------------------------------------------------------------------
