@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,server,distributed]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,server,distributed,provenance]'
 	touch $@
 
 # the pinned encoder weights live in the user cache: fetched once, verified (SHA-256) on every run

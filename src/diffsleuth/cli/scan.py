@@ -74,11 +74,20 @@ def scan(
     maps: Annotated[Optional[Path], typer.Option(
         "--maps", help="Write a PNG overlay of each scored image's score map into this folder "
                        "(named <file stem>-<hash of the path>.png).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Label at this threshold (0..1) instead of the detector's stored one.")] = None,
+    provenance: Annotated[bool, typer.Option(
+        "--provenance/--no-provenance",
+        help="Read C2PA manifests and generator/camera metadata into the verdict, declared and provenance columns.")] = True,
 ) -> None:
     """Score images: probability that each was generated, one row per input.
 
     CSV and JSON Lines rows are written as soon as each image is scored, so an interrupted or
     killed scan keeps them; run the same command with --resume to finish it.
+
+    Rows also say which threshold labelled them and what the file's metadata declares (C2PA,
+    generator settings, IPTC, camera EXIF); verdict is "generated (declared)" only when the
+    metadata declares generation, else the label. --no-provenance leaves those columns empty.
 
     Exit codes: 0 every input scored; 3 some inputs could not be read (their rows carry the
     error, the rest are scored); 2 usage error (bad option, no inputs, unknown detector);
@@ -93,7 +102,7 @@ def scan(
     try:
         torch_device = resolve_device(device)
         dtype = resolve_dtype(torch_device, precision)
-        model = load_detector(detector, device=torch_device, dtype=dtype)
+        model = load_detector(detector, device=torch_device, dtype=dtype, threshold=threshold)
     except (ValueError, KeyError) as exc:
         raise fail_usage(str(exc).strip("'\"")) from exc
     except (WeightsError, WeightsUnavailableError) as exc:
@@ -123,7 +132,7 @@ def scan(
                           console=err_console, disable=not progress_enabled(), transient=True) as bar:
                 task = bar.add_task("scan", total=len(files))
                 for result in scan_paths(model, files, batch_size=batch_size, max_pixels=max_pixels,
-                                         on_progress=lambda n: bar.advance(task, n)):
+                                         on_progress=lambda n: bar.advance(task, n), provenance=provenance):
                     row = result.as_row()
                     if rows is not None:
                         rows.write(row)

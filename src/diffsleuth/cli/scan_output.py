@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from diffsleuth.detectors.scanning import COLUMNS
 
 
 class OutputFormat(str, Enum):
@@ -41,15 +41,15 @@ def render(rows: Sequence[dict[str, Any]], fmt: OutputFormat, colour: bool) -> s
     if fmt is OutputFormat.json:
         return json.dumps(list(rows), indent=2) + "\n"
     table = Table(show_edge=False, header_style="bold")
-    for name in COLUMNS:
+    for name in ("path", "score", "verdict", "error", "provenance"):
         table.add_column(name, justify="right" if name == "score" else "left", overflow="fold")
     for row in rows:
         score = "" if row["score"] is None else f"{row['score']:.4f}"
-        label = row["label"] or ""
+        label = row.get("verdict") or row["label"] or ""
         if colour and label:
-            label = f"[red]{label}[/]" if label == "generated" else f"[green]{label}[/]"
+            label = f"[red]{label}[/]" if label.startswith("generated") else f"[green]{label}[/]"
         error = f"[yellow]{row['error']}[/]" if colour and row["error"] else (row["error"] or "")
-        table.add_row(row["path"], score, label, error)
+        table.add_row(row["path"], score, label, error, escape(row.get("provenance") or ""))
     console = Console(file=io.StringIO(), force_terminal=colour, width=200 if not colour else None)
     console.print(table)
     return console.file.getvalue()

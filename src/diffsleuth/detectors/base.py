@@ -60,6 +60,17 @@ class DetectorConfig:
     threshold: float = 0.5
 
 
+def check_threshold(threshold: float) -> float:
+    """A decision threshold as a float in [0, 1]; anything else is a ValueError that says so."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}") from exc
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    return value
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -148,8 +159,14 @@ class Detector(nn.Module):
         logits = self(batch).float().reshape(-1)
         return torch.sigmoid(logits).cpu(), [{} for _ in images]
 
-    def predict(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
-        """Score decoded RGB images; batches internally, keeps input order."""
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 32,
+                threshold: float | None = None) -> list[Prediction]:
+        """Score decoded RGB images; batches internally, keeps input order.
+
+        ``threshold`` labels at that value (0..1) instead of the stored ``config.threshold``;
+        scores do not depend on it.
+        """
+        threshold = self.config.threshold if threshold is None else check_threshold(threshold)
         was_training = self.training
         self.eval()
         out: list[Prediction] = []
@@ -158,7 +175,7 @@ class Detector(nn.Module):
                 chunk = list(images[start:start + batch_size])
                 probs, extras = self.score_images(chunk)
                 for p, extra in zip(probs.tolist(), extras):
-                    label = GENERATED if p >= self.config.threshold else REAL_LABEL
+                    label = GENERATED if p >= threshold else REAL_LABEL
                     score_map = extra.pop("score_map", None)
                     out.append(Prediction(score=float(p), label=label, extras=extra,
                                           score_map=None if score_map is None else np.asarray(score_map, np.float32)))

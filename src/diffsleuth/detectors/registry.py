@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from diffsleuth.detectors.base import CONFIG_NAME, Detector, WeightsError
+from diffsleuth.detectors.base import CONFIG_NAME, Detector, WeightsError, check_threshold
 from diffsleuth.registry import LazyRegistry
 
 _DETECTORS: LazyRegistry[type[Detector]] = LazyRegistry("detector", {
@@ -62,12 +62,20 @@ def resolve_detector_path(path_or_name: str | os.PathLike | None) -> Path:
 
 def load_detector(path_or_name: str | os.PathLike | None = None,
                   device: torch.device | str = "cpu",
-                  dtype: torch.dtype | None = None) -> Detector:
-    """Load a detector from a saved folder or a shipped name; ``None`` gives the default detector."""
+                  dtype: torch.dtype | None = None, threshold: float | None = None) -> Detector:
+    """Load a detector from a saved folder or a shipped name; ``None`` gives the default detector.
+
+    ``threshold`` (0..1) replaces the stored decision threshold for this loaded copy.
+    """
+    if threshold is not None:
+        threshold = check_threshold(threshold)
     folder = resolve_detector_path(path_or_name)
     try:
         meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
         name = meta["detector"]
     except (json.JSONDecodeError, KeyError, OSError) as exc:
         raise WeightsError(f"{folder / CONFIG_NAME}: unreadable detector config ({exc})") from exc
-    return detector_class(name).from_folder(folder, device=device, dtype=dtype)
+    model = detector_class(name).from_folder(folder, device=device, dtype=dtype)
+    if threshold is not None:
+        model.config.threshold = threshold
+    return model

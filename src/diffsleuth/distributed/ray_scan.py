@@ -20,6 +20,7 @@ from diffsleuth.detectors.scanning import decode_or_error, row_columns, score_de
 from diffsleuth.devices import resolve_dtype
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.provenance import read_provenance
 
 
 class RayScanError(ValueError):
@@ -62,7 +63,8 @@ class ScoreImages:
         names = [str(path) for path in batch["path"]]
         decoded = [decode_or_error(bytes(data), self.settings.max_pixels, name=name)
                    for name, data in zip(names, batch["bytes"])]
-        rows = [result.as_row() for result in score_decoded(self.model, names, decoded, self.settings.batch_size)]
+        found = [read_provenance(bytes(data)) for data in batch["bytes"]]
+        rows = [result.as_row() for result in score_decoded(self.model, names, decoded, self.settings.batch_size, found)]
         return {column: [row.get(column) for row in rows] for column in self.columns}
 
 

@@ -17,6 +17,7 @@ from diffsleuth import __version__
 from diffsleuth.detectors.base import Detector
 from diffsleuth.detectors.scanning import decode_or_error, score_decoded
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.provenance import read_provenance
 from diffsleuth.server.pages import pages_router
 from diffsleuth.server.schema import ScanRow, scan_row
 from diffsleuth.server.uploads import MULTIPART_FILES_BODY, read_uploads
@@ -27,9 +28,14 @@ MAX_FILES = 256
 
 def create_app(detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32,
                max_files: int = MAX_FILES, model_card: Path | None = None,
-               max_request_bytes: int | None = None) -> FastAPI:
+               max_request_bytes: int | None = None, provenance: bool = True) -> FastAPI:
     """Build the FastAPI app around an already-loaded detector (``model_card``: its MODEL_CARD.md;
-    ``max_request_bytes``: the most file bytes one request may carry, unbounded when None)."""
+    ``max_request_bytes``: the most file bytes one request may carry, unbounded when None).
+
+    Labels are at the detector's ``config.threshold``. ``provenance`` reads each upload's metadata
+    (C2PA, generator settings, IPTC, EXIF) into the rows' ``verdict``, ``declared`` and
+    ``provenance`` fields, as ``diffsleuth scan`` does.
+    """
     # /docs and /redoc are off: FastAPI's pages load their scripts from a CDN, blank offline.
     # /docs leads to the page's API section instead, which links /openapi.json (pages.py).
     app = FastAPI(title="diffsleuth", summary="Was this image generated?", version=__version__,
@@ -37,7 +43,8 @@ def create_app(detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, batch_s
 
     def score_uploads(uploads: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         decoded = [decode_or_error(data, max_pixels, name=name) for name, data in uploads]
-        results = score_decoded(detector, [name for name, _ in uploads], decoded, batch_size)
+        found = [read_provenance(data, max_bytes=MAX_UPLOAD_BYTES) if provenance else None for _, data in uploads]
+        results = score_decoded(detector, [name for name, _ in uploads], decoded, batch_size, found)
         return [scan_row(result) for result in results]
 
     @app.get("/health")

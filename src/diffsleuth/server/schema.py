@@ -3,7 +3,8 @@
 Version 1 (the ``/v1`` in the path) promises the keys below with these types; a change that
 removes or retypes one gets a new path (``/v2``). Rows may carry more keys: the detector's own
 extras (the same columns ``diffsleuth scan`` prints) and, when the server checks provenance, the
-provenance keys. The model allows them rather than dropping them, so what a script gets is what
+provenance keys (``verdict``, ``declared``, ``provenance``: null, or the label, with ``--no-provenance``).
+The model allows them rather than dropping them, so what a script gets is what
 the CLI prints plus ``score_map``.
 """
 
@@ -28,14 +29,13 @@ class ScanRow(BaseModel):
     score: Optional[float] = Field(description="P(generated) in [0, 1]; null when the file could not be read.")
     label: Optional[str] = Field(description="'generated' or 'real' at the threshold; null on error.")
     error: Optional[str] = Field(description="Why the file could not be scored; null when it was.")
-    threshold: Optional[float] = Field(None, description="The threshold used for label (present when the "
-                                       "server reports it).")
+    threshold: Optional[float] = Field(None, description="The threshold used for label.")
     verdict: Optional[str] = Field(None, description="'generated (declared)' when the file declares itself "
-                                   "generated, else the label; null on error (present with provenance).")
+                                   "generated, else the label; null on error (the label when the server runs with --no-provenance).")
     declared: Optional[str] = Field(None, description="What the file's metadata declares: 'generated', "
-                                    "'ai-edited', 'camera' or null (present with provenance).")
+                                    "'ai-edited', 'camera' or null (never 'real': metadata is easily stripped).")
     provenance: Optional[str] = Field(None, description="Short human description of the provenance evidence, "
-                                      "or null (present with provenance).")
+                                      "or null when none was found.")
     score_map: Optional[list[list[float]]] = Field(
         description="Rows x cols, one cell per region of the image as the detector read it, top row first, "
                     f"rounded to {SCORE_MAP_DECIMALS} places; null when the detector gives no map. A cell is "

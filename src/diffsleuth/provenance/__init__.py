@@ -1,0 +1,29 @@
+"""Provenance: what a file's metadata says about where it came from, beside the pixel score.
+
+Reads C2PA manifests (offline; the ``provenance`` extra installs ``c2pa-python``), the settings
+that image generators embed (AUTOMATIC1111/Forge, ComfyUI, InvokeAI, NovelAI), the IPTC digital
+source type in XMP, and camera make/model in EXIF (weak evidence). It reads the file's bytes,
+never its decoded pixels, and never changes a detector's score.
+
+    >>> from diffsleuth.provenance import read_provenance
+    >>> found = read_provenance("image.png")          # a path or the file's bytes
+    >>> found.declared, found.source, found.validation, found.summary
+"""
+
+from diffsleuth.provenance.c2pa_reader import c2pa_available
+from diffsleuth.provenance.containers import DEFAULT_MAX_BYTES
+from diffsleuth.provenance.reader import read_provenance
+from diffsleuth.provenance.result import (
+    AI_EDITED,
+    CAMERA,
+    DECLARED_GENERATED_VERDICT,
+    GENERATED,
+    Evidence,
+    Provenance,
+    verdict_of,
+)
+
+__all__ = [
+    "AI_EDITED", "CAMERA", "DECLARED_GENERATED_VERDICT", "DEFAULT_MAX_BYTES", "GENERATED", "Evidence",
+    "Provenance", "c2pa_available", "read_provenance", "verdict_of",
+]
