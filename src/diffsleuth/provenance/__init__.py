@@ -10,7 +10,6 @@ never its decoded pixels, and never changes a detector's score.
     >>> found.declared, found.source, found.validation, found.summary
 """
 
-from diffsleuth.provenance.c2pa_reader import c2pa_available
 from diffsleuth.provenance.containers import DEFAULT_MAX_BYTES
 from diffsleuth.provenance.reader import read_provenance
 from diffsleuth.provenance.result import (
@@ -25,5 +24,5 @@ from diffsleuth.provenance.result import (
 
 __all__ = [
     "AI_EDITED", "CAMERA", "DECLARED_GENERATED_VERDICT", "DEFAULT_MAX_BYTES", "GENERATED", "Evidence",
-    "Provenance", "c2pa_available", "read_provenance", "verdict_of",
+    "Provenance", "read_provenance", "verdict_of",
 ]

@@ -29,14 +29,6 @@ OFFLINE_SETTINGS = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": Fal
 INSTALL_HINT = "pip install 'diffsleuth[provenance]'"
 
 
-def c2pa_available() -> bool:
-    try:
-        import c2pa  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 EMBEDDED_MARKER = b"jumdc2pa"
 """A JUMBF description box whose type UUID starts with ``c2pa``: an embedded manifest store."""
 
