@@ -338,13 +338,26 @@ def test_provenance_verdict_and_evidence_are_shown_as_text(open_page, map_server
         {"name": "declared.png", "mimeType": "image/png", "buffer": _png(7)}])
     card = ui.wait_for_results(1).first
     assert card.get_attribute("data-label") == "real" and card.get_attribute("data-score") == "0.2"
+    sync_api.expect(card.locator(".verdict")).to_have_text("Verdict: generated (declared)")
     evidence = card.locator(".evidence")
-    sync_api.expect(evidence).to_contain_text("generated (declared)")
-    sync_api.expect(evidence.locator("dd").nth(2)).to_have_text("C2PA manifest: <b>made with</b> a generator")
+    sync_api.expect(evidence.locator("dd").nth(0)).to_have_text("generated")
+    sync_api.expect(evidence.locator("dd").nth(1)).to_have_text("C2PA manifest: <b>made with</b> a generator")
     assert card.locator("b").count() == 0
     sync_api.expect(card.locator(".badge")).to_have_text("real (threshold 40%)")  # the row's own threshold
     sync_api.expect(card.locator(".extras")).to_contain_text("0.1235")
     assert card.locator('[data-testid="score-map"]').count() == 0
+
+
+def test_a_verdict_equal_to_the_label_is_not_repeated_and_no_evidence_shows_without_any(open_page, map_server):
+    rows = [{"path": "plain.png", "score": 0.7, "label": "generated", "error": None, "threshold": 0.5,
+             "verdict": "generated", "declared": None, "provenance": None, "score_map": None}]
+    ui = open_page(map_server)
+    ui.page.route("**/v1/scan", lambda route: route.fulfill(json=rows))
+    ui.page.set_input_files('input[type="file"]', files=[
+        {"name": "plain.png", "mimeType": "image/png", "buffer": _png(8)}])
+    card = ui.wait_for_results(1).first
+    assert card.locator(".verdict").count() == 0 and card.locator(".evidence").count() == 0
+    sync_api.expect(card.locator(".badge")).to_have_text("generated (threshold 50%)")
 
 
 def test_a_busy_or_smaller_server_limit_is_retried(open_page, map_server):

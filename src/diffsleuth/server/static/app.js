@@ -147,9 +147,12 @@
     body.appendChild(el("p", "badge badge-" + (row.label === "generated" ? "generated" : "real"),
       row.label + (typeof used === "number" ? " (threshold " + thresholdPct(used) + ")" : "")));
 
-    if (row.verdict || row.declared || row.provenance) {
+    // The verdict is the label unless the file declares itself generated: then it says so.
+    if (row.verdict && row.verdict !== row.label) {
+      body.appendChild(el("p", "verdict", "Verdict: " + row.verdict));
+    }
+    if (row.declared || row.provenance) {
       const evidence = el("dl", "evidence");
-      addTerm(evidence, "Verdict", row.verdict);
       addTerm(evidence, "Declared in the file", row.declared);
       addTerm(evidence, "Provenance", row.provenance);
       body.appendChild(evidence);
