@@ -1,9 +1,10 @@
 """Screenshot of the web page with results, for the README (``make screenshot``).
 
 Serves the shipped default detector on a free port of 127.0.0.1, opens the page in Debian's
-Chromium (Playwright), drops a few images from ``../shared/data`` plus a corrupt file, shows the
-first score map when the detector gives maps, and writes a palette PNG (small enough for the
-repository) of the whole page:
+Chromium (Playwright), drops a few images from ``../shared/data``, a copy of one generated image
+with AUTOMATIC1111-style generator settings written into it (so the provenance evidence shows)
+and a corrupt file, shows the first score map when the detector gives maps, and writes a palette
+PNG (small enough for the repository) of the whole page:
 
     .venv/bin/python benchmarks/screenshot.py                         # docs/images/web-page.png
     .venv/bin/python benchmarks/screenshot.py --width 375 --output /tmp/phone.png
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 import uvicorn
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from playwright.sync_api import expect, sync_playwright
 
 from diffsleuth.detectors import load_detector
@@ -33,6 +34,7 @@ SHARED = REPO.parent / "shared" / "data"
 # Two photographs and two generated images of the shared development data (see their manifests).
 SAMPLES = ["sd14-vs-unsplash/real/real_0004.png", "sd14-vs-unsplash/fake/fake_0003.png",
            "multigen/real/{first}", "multigen/fake/{first}"]
+DECLARED = SHARED / "sd14-vs-unsplash/fake/fake_0010.png"  # shown again with generator settings added
 
 
 def sample_files() -> list[Path]:
@@ -48,6 +50,17 @@ def sample_files() -> list[Path]:
     if not files:
         sys.exit(f"no sample images under {SHARED}: put the shared data beside this checkout")
     return files
+
+
+def with_settings(path: Path) -> bytes:
+    """``path`` re-saved as PNG with generator settings in a ``parameters`` text chunk, as
+    AUTOMATIC1111 writes them (made up here: the shared files carry no such metadata)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "portrait photo of a woman\nNegative prompt: blurry\n"
+                                "Steps: 50, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: sd-v1-4")
+    buffer = io.BytesIO()
+    Image.open(path).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 def serve() -> tuple[uvicorn.Server, str]:
@@ -74,6 +87,8 @@ def main() -> None:
     server, url = serve()
     files = [{"name": p.name, "mimeType": "image/png" if p.suffix == ".png" else "image/webp",
               "buffer": p.read_bytes()} for p in sample_files()]
+    if DECLARED.is_file():
+        files.append({"name": "with-settings.png", "mimeType": "image/png", "buffer": with_settings(DECLARED)})
     files.append({"name": "scan-0042.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff truncated"})
     try:
         with sync_playwright() as playwright:

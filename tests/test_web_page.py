@@ -348,6 +348,25 @@ def test_provenance_verdict_and_evidence_are_shown_as_text(open_page, map_server
     assert card.locator('[data-testid="score-map"]').count() == 0
 
 
+def test_generator_settings_in_a_png_show_as_a_declared_verdict(open_page, map_server):
+    """Through the real server: provenance read from the file's metadata reaches the card."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a lighthouse\nNegative prompt: blurry\n"
+                  "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 160x120, Model: <b>sd-v1-5</b>")
+    buffer = io.BytesIO()
+    random_photo(9, (160, 120)).save(buffer, format="PNG", pnginfo=info)
+    ui = open_page(map_server)
+    ui.page.set_input_files('input[type="file"]', files=[
+        {"name": "with-settings.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+    card = ui.wait_for_results(1).first
+    sync_api.expect(card.locator(".verdict")).to_have_text("Verdict: generated (declared)")
+    sync_api.expect(card.locator(".evidence")).to_contain_text("AUTOMATIC1111")
+    sync_api.expect(card.locator(".evidence")).to_contain_text("<b>sd-v1-5</b>")
+    assert card.locator(".evidence b").count() == 0
+
+
 def test_a_verdict_equal_to_the_label_is_not_repeated_and_no_evidence_shows_without_any(open_page, map_server):
     rows = [{"path": "plain.png", "score": 0.7, "label": "generated", "error": None, "threshold": 0.5,
              "verdict": "generated", "declared": None, "provenance": None, "score_map": None}]
