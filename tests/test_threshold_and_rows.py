@@ -135,3 +135,14 @@ def test_server_rows_carry_the_same_fields(toy, images):
     assert broken["verdict"] is None and broken["threshold"] == 0.0 and broken["error"]
     off = TestClient(create_app(load_detector(toy), provenance=False)).post("/v1/scan", files=files[:1]).json()
     assert (off[0]["declared"], off[0]["provenance"], off[0]["verdict"]) == (None, None, off[0]["label"])
+
+
+def test_a_failing_provenance_reader_is_reported_and_the_row_still_scored(images, toy, monkeypatch):
+    def broken(data):
+        raise RuntimeError("boom")
+
+    (plain,) = scan_json(str(images["a1111_png"]), "--detector", str(toy), "--no-provenance")
+    monkeypatch.setattr("diffsleuth.provenance.reader.metadata_fields", broken)
+    (row,) = scan_json(str(images["a1111_png"]), "--detector", str(toy))
+    assert row["score"] == plain["score"] and row["error"] is None and row["label"] in ("generated", "real")
+    assert row["provenance"] == "not read: metadata (RuntimeError: boom)" and row["declared"] is None
