@@ -26,6 +26,7 @@ def card(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     max_per_source: Annotated[Optional[int], typer.Option(help="Score at most this many images of each source, role and class (a seeded choice).")] = None,
     non_photos: Annotated[int, typer.Option(help="Rendered text pages, charts and screenshots, of each.")] = 8,
+    reuse_embeddings: Annotated[bool, typer.Option(help="Remember a frozen ONNX encoder's embeddings in the user cache (keyed by the exact input), so a re-run, or crops training encoded, cost no encoder pass.")] = False,
     render_only: Annotated[bool, typer.Option(help="Rewrite MODEL_CARD.md from the existing card_metrics.json.")] = False,
 ) -> None:
     """Score held-out data, out-of-domain images and wheel photos; write MODEL_CARD.md + card_metrics.json."""
@@ -52,6 +53,10 @@ def card(
     else:
         try:
             model = load_detector(detector)
+            if reuse_embeddings and hasattr(getattr(model, "encoder", None), "enable_memo"):
+                from diffsleuth.backbones.pypi_weights import cache_dir
+
+                model.encoder.enable_memo(cache_dir() / "embeddings")
             report = evaluate_card(model, folder, data, specs, [r.strip() for r in roles.split(",") if r.strip()],
                                    n_bootstrap=bootstrap, seed=seed, batch_size=batch_size, non_photos=non_photos, max_per_source=max_per_source,
                                    log=lambda m: err_console.print(m, highlight=False))

@@ -16,7 +16,7 @@ from diffsleuth.io.datasets import DatasetError
 
 @app.command()
 def train(
-    recipe: Annotated[str, typer.Argument(help="Detector to train: judge, lare2, dnf or dire.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe: judge, judge-head (on a frozen encoder's cached features), lare2, dnf or dire.")],
     config: Annotated[Optional[Path], typer.Option(help="JSON training config (see configs/).")] = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", help="Dataset root or manifest (repeatable; replaces the config's).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Folder for the trained detector.")] = None,

@@ -82,6 +82,7 @@ class JudgeConfig(DetectorConfig):
     max_short_side: int | None = None
     calibration_slope: float = -10.0
     calibration_intercept: float = 5.0
+    operating_point: dict | None = None  # measured at `threshold` by training (judge-head); never read to score
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:

@@ -27,11 +27,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from diffsleuth.detectors.base import Detector
-from diffsleuth.evaluation.heldout import UNSEEN_ROLES, HoldOut, Sample, gather_samples
+from diffsleuth.evaluation.heldout import UNSEEN_ROLES, HoldOut, Sample, cap_per_source, gather_samples
 from diffsleuth.evaluation.metrics import binary_metrics, proportion_interval
 from diffsleuth.evaluation.out_of_domain import non_photos as make_non_photos
 from diffsleuth.evaluation.out_of_domain import wheel_photos
-from diffsleuth.io.datasets import stable_fraction
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import parse_degradation
 
@@ -120,18 +119,6 @@ def fit_baseline(samples: Sequence[Sample]) -> HistogramBaseline | None:
     degrade = parse_degradation(BASELINE_DEGRADATION)
     images = [degrade(decode_image(s.record.path)) for s in tqdm(train, desc="colour baseline", leave=False, disable=None)]
     return HistogramBaseline(images, [s.record.label for s in train])
-
-
-def cap_per_source(samples: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
-    """At most ``limit`` images of each (source, role, class), a seeded choice by file name."""
-    if limit is None:
-        return list(samples)
-    groups: dict[tuple, list[Sample]] = {}
-    for sample in samples:
-        groups.setdefault((sample.source, sample.role, sample.record.label), []).append(sample)
-    kept = {id(s) for group in groups.values()
-            for s in sorted(group, key=lambda s: stable_fraction(s.record.path.name, seed))[:limit]}
-    return [s for s in samples if id(s) in kept]
 
 
 def evaluate_card(detector: Detector, folder: Path | None, data: Sequence[str], degradations: Sequence[str],

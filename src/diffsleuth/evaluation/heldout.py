@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffsleuth.io.datasets import ImageRecord, assign_splits, load_records
+from diffsleuth.io.datasets import ImageRecord, assign_splits, load_records, stable_fraction
 
 ROLES = ("train", "val", "test", "holdout", "calibration", "check")
 UNSEEN_ROLES = ("test", "holdout", "calibration", "check")
@@ -94,3 +94,15 @@ def gather_samples(data: Sequence[str], holdout: HoldOut) -> list[Sample]:
             source = source_of(record, root)
             samples.append(Sample(record, source, holdout.role(record, source), str(root)))
     return samples
+
+
+def cap_per_source(samples: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
+    """At most ``limit`` images of each (source, role, class), a seeded choice by file name."""
+    if limit is None:
+        return list(samples)
+    groups: dict[tuple, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault((sample.source, sample.role, sample.record.label), []).append(sample)
+    kept = {id(s) for group in groups.values()
+            for s in sorted(group, key=lambda s: stable_fraction(s.record.path.name, seed))[:limit]}
+    return [s for s in samples if id(s) in kept]
