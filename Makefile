@@ -1,5 +1,7 @@
 # Two entry points for newcomers: `make scan` and `make test`. Both create the virtual
 # environment and install what is missing first, so they work on a fresh machine.
+# A convenience over pip: `pip install '.[dev]'` (editable here) is all `make install` does;
+# see the README for `pip install .` with only the extras you need.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,server,distributed,provenance]'
+	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
 # the pinned encoder weights live in the user cache: fetched once, verified (SHA-256) on every run

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import random_photo
-from diffsleuth.cli.app import EXIT_OK, EXIT_USAGE
+from diffsleuth.cli.app import EXIT_FLAGGED, EXIT_OK, EXIT_USAGE
 from diffsleuth.cli.main import app
 from diffsleuth.evaluation.audit import NO_JPEG, audit_records, equalized_bytes, jpeg_history, quality_from_tables
 from diffsleuth.io.datasets import load_records
@@ -76,6 +76,21 @@ def test_audit_cli_usage_errors(tmp_path):
     root = write_shortcut_set(tmp_path / "set")
     bad = runner.invoke(app, ["audit", str(root), "--equalize", "gif:3"])
     assert bad.exit_code == EXIT_USAGE and "unknown degradation" in bad.output
+
+
+def test_audit_fail_on_flag_exits_4_only_when_a_cue_is_flagged(tmp_path):
+    shortcut = str(write_shortcut_set(tmp_path / "shortcut"))
+    assert runner.invoke(app, ["audit", shortcut]).exit_code == EXIT_OK  # flags are warnings by default
+    flagged = runner.invoke(app, ["audit", shortcut, "--fail-on-flag"])
+    assert flagged.exit_code == EXIT_FLAGGED and "WARNING" in flagged.output
+    clean = tmp_path / "clean"
+    for label, folder in enumerate((clean / "0_real", clean / "1_fake")):
+        folder.mkdir(parents=True)
+        for i in range(8):  # both classes: the same kind of PNG, seeds interleaved
+            random_photo(2 * i + label).save(folder / f"{i}.png")
+    result = runner.invoke(app, ["audit", str(clean), "--fail-on-flag", "--format", "json"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert not any(cue["flagged"] for cue in json.loads(result.stdout)["cues"])
 
 
 def _audit_json(args: list[str]) -> dict[str, dict]:

@@ -128,3 +128,36 @@ def test_saving_the_same_weights_twice_gives_identical_files(tmp_path):
     second = saved_toy(tmp_path / "b", seed=5)
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
     assert (first / "config.json").read_text() == (second / "config.json").read_text()
+
+
+def test_predict_takes_paths_bytes_pil_images_and_arrays(tmp_path):
+    """Every input kind gives the score the scan gives for the same file (decoded the same way)."""
+    import numpy as np
+
+    from diffsleuth.detectors.scanning import scan_paths
+    from diffsleuth.io.decode import ImageDecodeError, decode_image
+
+    model = load_detector(saved_toy(tmp_path / "toy"))
+    path = tmp_path / "photo.png"
+    random_photo(7, (64, 48)).save(path)
+    expected = next(scan_paths(model, [path])).score
+    decoded = decode_image(path)
+    kinds = {"str": str(path), "PathLike": path, "bytes": path.read_bytes(), "PIL": decoded,
+             "array": np.asarray(decoded)}
+    for kind, item in kinds.items():
+        single = model.predict(item)
+        assert len(single) == 1 and single[0].score == pytest.approx(expected, abs=1e-6), kind
+    listed = model.predict(list(kinds.values()), batch_size=2)
+    assert [p.score for p in listed] == pytest.approx([expected] * len(kinds), abs=1e-6)
+    assert len(model.predict(np.stack([np.asarray(decoded)] * 3))) == 3  # NxHxWx3: a batch
+
+    with pytest.raises(ImageDecodeError, match="missing.png"):
+        model.predict(tmp_path / "missing.png")
+    with pytest.raises(ImageDecodeError, match="not a recognised image"):
+        model.predict(b"not an image")
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        model.predict(path, max_pixels=100)
+    with pytest.raises(ValueError, match=r"HxWx3 uint8"):
+        model.predict(np.zeros((8, 8, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="int"):
+        model.predict([3])

@@ -110,7 +110,7 @@ def test_interrupted_scan_keeps_its_rows_and_resume_finishes_it(mixed, toy, tmp_
     args = ["scan", *inputs, "--detector", str(toy), "--format", fmt, "--output", str(out), "--batch-size", "2"]
 
     with monkeypatch.context() as patch:
-        patch.setattr("diffsleuth.cli.scan.load_detector", interrupting_loader(after_calls=2))
+        patch.setattr("diffsleuth.detectors.registry.load_detector", interrupting_loader(after_calls=2))
         stopped = runner.invoke(app, args)
     assert stopped.exit_code == EXIT_INTERRUPTED and "--resume" in flat(stopped.output)
     partial = read_rows(out, fmt)

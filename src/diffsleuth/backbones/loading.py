@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from diffsleuth.backbones.hub import check_hub, go_offline
+from diffsleuth.extras import require
+
 T = TypeVar("T")
 
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -25,7 +28,13 @@ DDPM_BEDROOM_ID = "google/ddpm-bedroom-256"
 
 
 class BackboneUnavailableError(RuntimeError):
-    """A pretrained backbone could not be found locally nor fetched from the hub."""
+    """A pretrained backbone could not be found locally nor fetched from the hub.
+
+    ``source`` is the id or folder asked for, so a caller can name the setting that holds it."""
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
 
 
 def _is_local(source: str | os.PathLike) -> bool:
@@ -33,11 +42,25 @@ def _is_local(source: str | os.PathLike) -> bool:
 
 
 def _unavailable(kind: str, source: str, exc: BaseException, hint: str) -> BackboneUnavailableError:
+    if _connection_failure(exc):
+        go_offline(f"loading {source!r} failed: {exc.__class__.__name__}")
     return BackboneUnavailableError(
         f"could not load {kind} {source!r}: it is not a local folder and the model hub could not "
         f"supply it ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-        f"On a machine with internet, download it ({hint}) and pass the folder instead of the id."
+        f"On a machine with internet, download it ({hint}) and pass the folder instead of the id.",
+        source=source,
     )
+
+
+def _connection_failure(exc: BaseException | None) -> bool:
+    """The hub was not reached (as opposed to: reached, and the model is not there)."""
+    while exc is not None:
+        name = type(exc).__name__
+        if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectError",
+                    "ConnectTimeout", "NameResolutionError") or "check your connection" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _hub_call(kind: str, source: str, load: Callable[[], T], hint: str) -> T:
@@ -48,7 +71,7 @@ def _hub_call(kind: str, source: str, load: Callable[[], T], hint: str) -> T:
         if _is_local(source) and not isinstance(exc, OSError):
             raise
         if _is_local(source):
-            raise BackboneUnavailableError(f"could not load {kind} from folder {source}: {exc}") from exc
+            raise BackboneUnavailableError(f"could not load {kind} from folder {source}: {exc}", source) from exc
         raise _unavailable(kind, source, exc, hint) from exc
     except Exception as exc:  # huggingface_hub / requests connection errors
         if type(exc).__module__.split(".")[0] in ("huggingface_hub", "requests", "urllib3", "httpx"):
@@ -60,7 +83,7 @@ def _hub_kwargs(source: str, local_files_only: bool | None) -> dict[str, Any]:
     if _is_local(source):
         return {"local_files_only": True}
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        local_files_only = not check_hub()  # no network: fail at once instead of retrying for minutes
     return {"local_files_only": bool(local_files_only)}
 
 
@@ -82,6 +105,7 @@ def load_stable_diffusion(
     local_files_only: bool | None = None,
 ) -> StableDiffusionParts:
     """VAE, UNet, text encoder, tokenizer and DDPM training scheduler of an SD checkpoint."""
+    require("research", "the Stable Diffusion backbone (LaRE, LaRE²)")
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -110,6 +134,7 @@ def load_ddpm(
     local_files_only: bool | None = None,
 ) -> tuple[nn.Module, Any]:
     """Unconditional pixel-space ``UNet2DModel`` and its ``DDPMScheduler`` (same repo or folder)."""
+    require("research", "the DDPM backbone (DNF, DIRE)")
     from diffusers import DDPMScheduler, UNet2DModel
 
     source = str(source)
@@ -136,8 +161,11 @@ def load_clip(
     open_clip publishes on the hub); it is loaded as ``local-dir:``. ``load_weights=False`` builds
     the architecture only, for a fine-tuned copy whose weights come from elsewhere.
     """
+    require("research", "the CLIP backbone (LaRE²)")
     import open_clip
 
+    if not _is_local(model):
+        check_hub()
     name = f"local-dir:{Path(model).expanduser()}" if _is_local(model) else model
     use_pretrained = None if name.startswith(("local-dir:", "hf-hub:")) else pretrained
     if pretrained and Path(pretrained).is_file() and Path(pretrained).suffix not in (".safetensors",):

@@ -13,16 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffsleuth.cli.app import EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
-from diffsleuth.detectors.base import WeightsError
-from diffsleuth.detectors.registry import load_detector
-from diffsleuth.devices import resolve_device, resolve_dtype
-from diffsleuth.evaluation.audit import audit_records
-from diffsleuth.evaluation.pipeline import EvalOptions, evaluate_detector
+from diffsleuth.cli.app import EXIT_FLAGGED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
+from diffsleuth.extras import require
 from diffsleuth.evaluation.protocols import Protocol, ProtocolError, load_protocol, parse_roots, protocol_records
-from diffsleuth.evaluation.reports import fmt, fmt_ci, write_reports
-from diffsleuth.evaluation.robustness import parse_sweep
-from diffsleuth.evaluation.runner import json_safe
 from diffsleuth.io.datasets import DatasetError, ImageRecord, assign_splits, load_records
 from diffsleuth.io.degrade import parse_degradation
 
@@ -61,6 +54,8 @@ def subsample(records: list[ImageRecord], max_images: int | None, seed: int) -> 
 
 
 def print_summary(result: dict, output: Path) -> None:
+    from diffsleuth.evaluation.reports import fmt, fmt_ci
+
     table = Table(show_edge=False, header_style="bold", title="acc at 0.5; 95% bootstrap CI")
     for column in ("group", "reals", "fakes", "acc", "acc CI", "bal acc", "AP", "AUC", "AUC CI", "TPR@5%FPR"):
         table.add_column(column, justify="left" if column == "group" else "right")
@@ -90,6 +85,8 @@ def _matrix_detectors(specs: list[str], protocol: Protocol) -> dict[str, str]:
 
 
 def _matrix_tables(results: dict[str, dict], protocol: Protocol) -> tuple[dict, str]:
+    from diffsleuth.evaluation.reports import fmt
+
     matrix = {key: {train: {test: row[key] for test, row in result["per_generator"].items()}
                     for train, result in results.items()} for key in ("acc", "ap", "auc")}
     tests = list(protocol.generators)
@@ -134,6 +131,17 @@ def eval_command(
 
     Exit codes: 0 done; 3 done but some files were unreadable (listed in the reports); 2 usage error.
     """
+    # torch, scikit-learn, matplotlib: imported when the command runs, not for --help
+    require("eval", "diffsleuth eval")
+    from diffsleuth.backbones.loading import BackboneUnavailableError
+    from diffsleuth.detectors.base import WeightsError
+    from diffsleuth.detectors.registry import load_detector
+    from diffsleuth.devices import resolve_device, resolve_dtype
+    from diffsleuth.evaluation.pipeline import EvalOptions, evaluate_detector
+    from diffsleuth.evaluation.reports import write_reports
+    from diffsleuth.evaluation.robustness import parse_sweep
+    from diffsleuth.evaluation.runner import json_safe
+
     formats = tuple(f.strip() for f in report.split(",") if f.strip())
     try:
         if bool(protocol) == bool(data):
@@ -178,7 +186,7 @@ def eval_command(
         models = {key: load_detector(value, device=torch_device, dtype=dtype) for key, value in detectors.items()}
     except (ValueError, KeyError) as exc:
         raise fail_usage(str(exc).strip("'\"")) from exc
-    except WeightsError as exc:
+    except (WeightsError, BackboneUnavailableError) as exc:
         raise fail_usage(str(exc)) from exc
 
     results = {}
@@ -216,12 +224,21 @@ def audit_command(
                                                       "splits it with --seed).")] = None,
     max_images: Annotated[Optional[int], typer.Option(min=2, help="Audit a seeded random subset of this size.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split assignment and the subset.")] = 0,
+    fail_on_flag: Annotated[bool, typer.Option("--fail-on-flag", help="Exit with code 4 when any cue is flagged "
+                                                                      "(to gate CI on a clean dataset).")] = False,
 ) -> None:
     """Shortcut audit: AUC of cues that should carry no information (format, size, JPEG history, metadata).
 
     A cue with max(AUC, 1-AUC) above 0.8 is flagged: a detector can separate the classes with it
     alone, so its accuracy on this data says little about generation artefacts.
+
+    Exit codes: 0 done (flagged cues are warnings); 4 with --fail-on-flag when any cue is flagged;
+    2 usage error.
     """
+    require("eval", "diffsleuth audit")
+    from diffsleuth.evaluation.audit import audit_records  # scikit-learn: only when the command runs
+    from diffsleuth.evaluation.runner import json_safe
+
     try:
         if equalize:
             parse_degradation(equalize)
@@ -248,4 +265,5 @@ def audit_command(
                               f"(AUC {cue['auc']:.3f}, {cue['direction']}): {cue['suggestion']}", highlight=False)
     if report["failures"]:
         err_console.print(f"[yellow]{len(report['failures'])} files could not be read[/]")
-    raise typer.Exit(EXIT_OK)
+    flagged = any(cue["flagged"] for cue in report["cues"])
+    raise typer.Exit(EXIT_FLAGGED if fail_on_flag and flagged else EXIT_OK)

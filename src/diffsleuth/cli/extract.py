@@ -7,12 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffsleuth.cli.app import EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage, progress_enabled
-from diffsleuth.settings import apply_overrides, config_from_dict, load_json
-from diffsleuth.devices import resolve_device, resolve_dtype
-from diffsleuth.features.cache import FeatureCache
-from diffsleuth.features.extract import extract_records, extractor_spec
+from diffsleuth.cli.app import EXIT_OK, EXIT_PARTIAL, app, err_console, fail_backbone, fail_usage
+from diffsleuth.extras import require
 from diffsleuth.io.datasets import DatasetError, load_records
+from diffsleuth.settings import apply_overrides, config_from_dict, config_to_dict, load_json
 
 
 @app.command()
@@ -27,6 +25,12 @@ def extract(
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
 ) -> None:
     """Compute a feature for every image and store it in the cache; re-runs skip cached images."""
+    require("research", f"diffsleuth extract {feature}")
+    from diffsleuth.backbones.loading import BackboneUnavailableError  # torch: only when the command runs
+    from diffsleuth.devices import resolve_device, resolve_dtype
+    from diffsleuth.features.cache import FeatureCache
+    from diffsleuth.features.extract import extract_records, extractor_spec
+
     try:
         spec = extractor_spec(feature)
         settings = apply_overrides(load_json(config) if config else {}, set_ or [])
@@ -37,10 +41,12 @@ def extract(
         raise fail_usage(str(exc).strip("'\"")) from exc
     if not records:
         raise fail_usage("no images found in the given data")
-    extractor = spec.build(cfg, torch_device, resolve_dtype(torch_device, precision))
+    try:
+        extractor = spec.build(cfg, torch_device, resolve_dtype(torch_device, precision))
+    except BackboneUnavailableError as exc:
+        raise fail_backbone(exc, config_to_dict(cfg)) from exc
     store = FeatureCache(cache, extractor.cache_config())
-    report = extract_records(extractor, records, store, batch_size=batch_size,
-                             progress=progress_enabled() or None)
+    report = extract_records(extractor, records, store, batch_size=batch_size)
     err_console.print(f"{feature}: {report.computed} computed, {report.cached} already cached, "
                       f"{len(report.failed)} failed -> {store.directory}")
     for path, reason in report.failed:

@@ -8,19 +8,16 @@ from pathlib import Path
 from typing import Annotated, ContextManager, Optional, TextIO
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diffsleuth.cli.app import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage, progress_enabled
+from diffsleuth.cli.app import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
 from diffsleuth.cli.scan_output import OutputFormat, RowStream, ScanOutputError, render, written_rows
 from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
 from diffsleuth.cli.weights import configure_runtime
-from diffsleuth.detectors.base import WeightsError
-from diffsleuth.detectors.registry import load_detector
 from diffsleuth.detectors.scanning import ScanResult, row_columns, scan_paths
 from diffsleuth.detectors.score_maps import write_scan_overlay
-from diffsleuth.devices import resolve_device, resolve_dtype
 from diffsleuth.io.datasets import expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.progress import progress
 
 
 def open_output(output: Optional[Path], append: bool) -> ContextManager[TextIO]:
@@ -93,6 +90,11 @@ def scan(
     error, the rest are scored); 2 usage error (bad option, no inputs, unknown detector);
     130 interrupted.
     """
+    from diffsleuth.backbones.loading import BackboneUnavailableError
+    from diffsleuth.detectors.base import WeightsError  # torch: imported when a command runs, not for --help
+    from diffsleuth.detectors.registry import load_detector
+    from diffsleuth.devices import resolve_device, resolve_dtype
+
     files = expand_inputs(paths)
     if not files:
         raise fail_usage(f"no image files found in {', '.join(paths)}")
@@ -105,7 +107,7 @@ def scan(
         model = load_detector(detector, device=torch_device, dtype=dtype, threshold=threshold)
     except (ValueError, KeyError) as exc:
         raise fail_usage(str(exc).strip("'\"")) from exc
-    except (WeightsError, WeightsUnavailableError) as exc:
+    except (WeightsError, WeightsUnavailableError, BackboneUnavailableError) as exc:
         raise fail_usage(str(exc)) from exc
 
     columns = row_columns(model)
@@ -128,11 +130,9 @@ def scan(
         if fmt.streams:
             rows = RowStream(stream, fmt, columns, write_header=not (appending and output.stat().st_size))
         try:
-            with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=err_console, disable=not progress_enabled(), transient=True) as bar:
-                task = bar.add_task("scan", total=len(files))
+            with progress("scanning", len(files)) as advance:
                 for result in scan_paths(model, files, batch_size=batch_size, max_pixels=max_pixels,
-                                         on_progress=lambda n: bar.advance(task, n), provenance=provenance):
+                                         on_progress=advance, provenance=provenance):
                     row = result.as_row()
                     if rows is not None:
                         rows.write(row)

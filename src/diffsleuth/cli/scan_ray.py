@@ -7,10 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffsleuth.cli.app import EXIT_INTERRUPTED, app, err_console, fail_usage
+from diffsleuth.cli.app import EXIT_INTERRUPTED, app, err_console, fail_usage, third_party_level
 from diffsleuth.cli.scan import scan_exit
-from diffsleuth.detectors.base import WeightsError
-from diffsleuth.detectors.registry import SHIPPED, resolve_detector_path
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 
 
@@ -22,6 +20,8 @@ class ClusterFormat(str, Enum):
 
 def portable_detector(detector: Optional[str]) -> Optional[str]:
     """A shipped name stays a name; a saved folder becomes absolute, since actors run elsewhere."""
+    from diffsleuth.detectors.registry import SHIPPED, resolve_detector_path
+
     folder = resolve_detector_path(detector)
     return detector if detector is None or detector in SHIPPED else str(folder.resolve())
 
@@ -63,6 +63,8 @@ def scan_ray(
                                                      scan_dataset, write_rows, written_paths)
     except ImportError as exc:
         raise fail_usage(f"Ray is not installed ({exc}): pip install 'diffsleuth[distributed]'") from exc
+    from diffsleuth.detectors.base import WeightsError
+
     if not resume and local_folder_in_use(output):
         raise fail_usage(f"{output} is not empty: rows from two scans would mix; choose a new folder or --resume")
     try:
@@ -72,7 +74,7 @@ def scan_ray(
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=third_party_level())
     try:
         try:
             done = written_paths(output, fmt.value) if resume else frozenset()

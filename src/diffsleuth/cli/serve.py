@@ -7,9 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from diffsleuth.cli.app import app, fail_usage
-from diffsleuth.detectors.base import WeightsError
-from diffsleuth.detectors.registry import load_detector, resolve_detector_path
-from diffsleuth.devices import resolve_device, resolve_dtype
 
 
 @app.command()
@@ -31,6 +28,10 @@ def serve(
         from diffsleuth.server.app import create_app
     except ImportError as exc:
         raise fail_usage(f"the server needs its extra: pip install 'diffsleuth[server]' ({exc})") from exc
+    from diffsleuth.detectors.base import WeightsError
+    from diffsleuth.detectors.registry import load_detector, resolve_detector_path
+    from diffsleuth.devices import resolve_device, resolve_dtype
+
     try:
         torch_device = resolve_device(device)
         model = load_detector(detector, device=torch_device, dtype=resolve_dtype(torch_device, precision),

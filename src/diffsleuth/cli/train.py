@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffsleuth.cli.app import app, err_console, fail_usage
-from diffsleuth.settings import apply_overrides, config_from_dict, config_to_dict, load_json
-from diffsleuth.detectors.training import trainer_spec
+from diffsleuth.cli.app import app, err_console, fail_backbone, fail_usage
+from diffsleuth.extras import require
 from diffsleuth.io.datasets import DatasetError
+from diffsleuth.settings import apply_overrides, config_from_dict, config_to_dict, load_json
 
 
 @app.command()
@@ -24,6 +24,10 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = None,
 ) -> None:
     """Train a detector; the checkpoint is chosen on the validation split, never on test data."""
+    require("train" if recipe == "judge" else "research", f"diffsleuth train {recipe}")
+    from diffsleuth.backbones.loading import BackboneUnavailableError  # torch, accelerate: only when training
+    from diffsleuth.detectors.training import trainer_spec
+
     try:
         spec = trainer_spec(recipe)
         settings = load_json(config) if config else {}
@@ -41,4 +45,6 @@ def train(
         folder = spec.run(cfg)
     except DatasetError as exc:
         raise fail_usage(str(exc)) from exc
+    except BackboneUnavailableError as exc:
+        raise fail_backbone(exc, config_to_dict(cfg)) from exc
     typer.echo(str(folder))

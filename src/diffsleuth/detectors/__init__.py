@@ -1,14 +1,25 @@
-"""Detector heads, their training recipes, and the registry that loads them by name."""
+"""Detector heads, their training recipes, and the registry that loads them by name.
 
-from diffsleuth.detectors.base import Detector, DetectorConfig, Prediction, WeightsError
-from diffsleuth.detectors.registry import (
-    available_detectors,
-    detector_class,
-    load_detector,
-    register_detector,
-)
+Names are imported on first use (PEP 562), so a light submodule (``detectors.scanning``) does not
+import torch through this package.
+"""
 
-__all__ = [
-    "Detector", "DetectorConfig", "Prediction", "WeightsError", "available_detectors",
-    "detector_class", "load_detector", "register_detector",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    **dict.fromkeys(("Detector", "DetectorConfig", "Prediction", "WeightsError"), "diffsleuth.detectors.base"),
+    **dict.fromkeys(("available_detectors", "detector_class", "load_detector", "register_detector"),
+                    "diffsleuth.detectors.registry"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'diffsleuth.detectors' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

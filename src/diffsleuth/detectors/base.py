@@ -26,6 +26,8 @@ from torch import nn
 from diffsleuth.settings import config_from_dict, config_to_dict
 from diffsleuth.devices import resolve_device
 from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
+from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.io.inputs import ImageInput, as_rgb_images
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -159,14 +161,22 @@ class Detector(nn.Module):
         logits = self(batch).float().reshape(-1)
         return torch.sigmoid(logits).cpu(), [{} for _ in images]
 
-    def predict(self, images: Sequence[Image.Image], batch_size: int = 32,
-                threshold: float | None = None) -> list[Prediction]:
-        """Score decoded RGB images; batches internally, keeps input order.
+    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
+                threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+        """Score images; one :class:`Prediction` per image, in input order (batches internally).
+
+        ``images`` is one image or a list of them, each a file path (str or PathLike), the bytes of
+        an encoded file, a PIL image, or an HxWx3 uint8 RGB numpy array (an NxHxWx3 array is N
+        images). Paths and bytes are decoded as ``diffsleuth scan`` decodes them (``max_pixels``
+        guard, EXIF orientation, first frame, alpha dropped); a file that cannot be read raises
+        :class:`~diffsleuth.io.decode.ImageDecodeError` naming it. Always returns a list:
+        ``detector.predict("photo.jpg")[0].score``.
 
         ``threshold`` labels at that value (0..1) instead of the stored ``config.threshold``;
         scores do not depend on it.
         """
         threshold = self.config.threshold if threshold is None else check_threshold(threshold)
+        images = as_rgb_images(images, max_pixels=max_pixels)
         was_training = self.training
         self.eval()
         out: list[Prediction] = []

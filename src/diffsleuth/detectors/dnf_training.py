@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from diffsleuth.settings import config_to_dict
 from diffsleuth.detectors.dnf import DireDetector, DireDetectorConfig, DnfConfig, DnfDetector, NoiseFeatureDetector
@@ -37,6 +36,7 @@ from diffsleuth.features.cache import FeatureCache
 from diffsleuth.features.extract import ReencodedExtractor, extract_splits
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.degrade import parse_degradation
+from diffsleuth.progress import track
 
 REPORT_NAME = "training_report.json"
 
@@ -139,7 +139,7 @@ def train_noise_detector(config: DnfTrainConfig, cls: type[NoiseFeatureDetector]
     for epoch in range(1, config.epochs + 1):
         detector.train()
         total, count = 0.0, 0
-        for features, target in tqdm(train_loader, desc=f"epoch {epoch}", unit="batch", disable=None, leave=False):
+        for features, target in track(train_loader, f"epoch {epoch}/{config.epochs}"):
             with accelerator.autocast():
                 loss = F.binary_cross_entropy_with_logits(detector(features).float(), target)
             optimizer.zero_grad(set_to_none=True)

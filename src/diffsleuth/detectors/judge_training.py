@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from diffsleuth.settings import config_to_dict
 from diffsleuth.detectors.image_grid import grid_crops, limit_scale
@@ -38,6 +37,7 @@ from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import blur, downscale, jpeg
 from diffsleuth.io.preprocess import PreprocessConfig, normalize, pad_to, to_tensor
+from diffsleuth.progress import echo, progress, track
 
 TRAINING_LOG = "training_log.json"
 
@@ -162,7 +162,7 @@ def load_images(records: Sequence[ImageRecord], max_short_side: int | None,
                 desc: str) -> list[Image.Image]:
     """Decode each file once, at the scale inference reads it (the model's ``max_short_side``)."""
     cache: dict[Path, Image.Image] = {}
-    for record in tqdm(records, desc=desc, leave=False):
+    for record in track(records, desc):
         if record.path not in cache:
             cache[record.path] = limit_scale(decode_image(record.path), max_short_side)
     return [cache[r.path] for r in records]
@@ -225,22 +225,22 @@ def train_epoch(accelerator, model, optimizer, scheduler, cfg: JudgeTrainConfig,
     model.train()
     net = accelerator.unwrap_model(model)
     losses = []
-    bar = tqdm(batches, desc=desc, leave=False)
-    for idx in bar:
-        batch, labels = make_batch(idx)
-        with accelerator.autocast():
-            z = net.embed(batch.to(accelerator.device))
-            parts = judge_loss(z.float(), labels.to(accelerator.device), net.traces.float(),
-                               cfg.temperature, cfg.trace_temperature, cfg.trace_weight,
-                               cfg.fake_margin, cfg.pull_fakes)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(parts["loss"])
-        optimizer.step()
-        scheduler.step()
-        if average is not None:
-            average.update_parameters(net)
-        losses.append({k: float(v.detach()) for k, v in parts.items()})
-        bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
+    with progress(desc, len(batches)) as advance:
+        for idx in batches:
+            batch, labels = make_batch(idx)
+            with accelerator.autocast():
+                z = net.embed(batch.to(accelerator.device))
+                parts = judge_loss(z.float(), labels.to(accelerator.device), net.traces.float(),
+                                   cfg.temperature, cfg.trace_temperature, cfg.trace_weight,
+                                   cfg.fake_margin, cfg.pull_fakes)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(parts["loss"])
+            optimizer.step()
+            scheduler.step()
+            if average is not None:
+                average.update_parameters(net)
+            losses.append({k: float(v.detach()) for k, v in parts.items()})
+            advance(loss=f"{losses[-1]['loss']:.3f}")
     return losses
 
 
@@ -300,7 +300,7 @@ def run(cfg: JudgeTrainConfig) -> Path:
             best_auc, best_epoch = selection, epoch + 1
             best_state = copy.deepcopy(net.state_dict())
         history.append(entry)
-        tqdm.write(json.dumps(entry))
+        echo(json.dumps(entry))
 
     net = accelerator.unwrap_model(model)
     net.load_state_dict(best_state)

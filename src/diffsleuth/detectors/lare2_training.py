@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from diffsleuth.settings import config_to_dict
 from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, centre_offset, crop_aligned
@@ -43,6 +42,7 @@ from diffsleuth.io.datasets import ImageRecord, stable_fraction
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import blur, jpeg, parse_degradation
 from diffsleuth.io.preprocess import normalize
+from diffsleuth.progress import track
 
 METRICS = ("auc", "acc", "loss")
 REPORT_NAME = "training_report.json"
@@ -248,8 +248,7 @@ def run(config: Lare2TrainConfig) -> Path:
         network.train()
         detector.lare_backbone.eval()
         total, count = 0.0, 0
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                          disable=None, leave=False):
+        for batch in track(train_loader, f"epoch {epoch}/{config.epochs}"):
             pixels, lare = batch_inputs(batch, detector, accelerator.device)
             with accelerator.autocast():
                 loss = F.cross_entropy(network(pixels, lare).float(), batch["label"].to(accelerator.device))

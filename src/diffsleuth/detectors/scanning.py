@@ -11,14 +11,16 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from diffsleuth.detectors.base import Detector
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from diffsleuth.provenance import DEFAULT_MAX_BYTES, Provenance, read_provenance, verdict_of
+
+if TYPE_CHECKING:  # the CLI imports this module to build its options; torch loads with the detector
+    from diffsleuth.detectors.base import Detector
 
 COLUMNS = ("path", "score", "label", "error")
 PROVENANCE_COLUMNS = ("threshold", "verdict", "declared", "provenance")

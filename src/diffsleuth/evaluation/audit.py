@@ -17,11 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
-from tqdm import tqdm
 
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from diffsleuth.io.degrade import Degradation, parse_degradation
+from diffsleuth.progress import track
 
 FLAG_AUC = 0.8
 HISTORY_QUALITIES = tuple(range(60, 100))
@@ -182,8 +182,7 @@ def audit_records(records: Sequence[ImageRecord], *, equalize: str | None = None
         raise ValueError("the audit needs labelled images (real and generated)")
     degradation = parse_degradation(equalize) if equalize else None
     rows, labels, failures = [], [], []
-    disable = None if progress is None else not progress
-    for record in tqdm(labelled, desc="auditing", unit="img", disable=disable, leave=False):
+    for record in track(labelled, "auditing", enabled=progress):
         try:
             data = record.path.read_bytes()
             if degradation is not None:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from diffsleuth.detectors.base import Detector
 from diffsleuth.evaluation.metrics import CI_KEYS, METRIC_KEYS, NAN, balanced_threshold, binary_metrics
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from diffsleuth.progress import progress as progress_bar
 
 ImageTransform = Callable[[Image.Image], Image.Image]
 UNKNOWN = "unknown"
@@ -66,8 +66,7 @@ def score_records(detector: Detector, records: Sequence[ImageRecord], *, transfo
     kept: list[ImageRecord] = []
     scores: list[float] = []
     failures: list[tuple[str, str]] = []
-    disable = None if progress is None else not progress  # None: show only on a terminal
-    with tqdm(total=len(records), desc=description, unit="img", disable=disable, leave=False) as bar:
+    with progress_bar(description, len(records), enabled=progress) as advance:  # None: only on a terminal
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             images, ok = [], []
@@ -82,7 +81,7 @@ def score_records(detector: Detector, records: Sequence[ImageRecord], *, transfo
                 predictions = detector.predict(images, batch_size=batch_size)
                 scores.extend(p.score for p in predictions)
                 kept.extend(ok)
-            bar.update(len(chunk))
+            advance(len(chunk))
     return ScoredSet(kept, np.asarray(scores, dtype=np.float64), failures)
 
 

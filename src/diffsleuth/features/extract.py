@@ -12,12 +12,12 @@ from typing import Any, Protocol
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from diffsleuth.features.cache import FeatureCache, content_hash
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from diffsleuth.io.degrade import parse_degradation
+from diffsleuth.progress import echo, progress as progress_bar
 from diffsleuth.registry import LazyRegistry
 
 
@@ -102,8 +102,7 @@ def extract_records(
             report.cached += 1
         else:
             pending.append((key, record))
-    bar = tqdm(total=len(pending), desc="extract", unit="img", disable=None if progress is None else not progress)
-    try:
+    with progress_bar("extract", len(pending), enabled=progress) as advance:
         for start in range(0, len(pending), batch_size):
             chunk = pending[start:start + batch_size]
             images, keep = [], []
@@ -118,9 +117,7 @@ def extract_records(
                 for i, (key, _) in enumerate(keep):
                     cache.put(key, {name: value[i] for name, value in features.items()})
                     report.computed += 1
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+            advance(len(chunk))
     return report
 
 
@@ -139,8 +136,8 @@ def extract_splits(
     report = extract_records(extractor, everything, cache, batch_size=batch_size)
     failed = {p for p, _ in report.failed}
     for path, reason in report.failed:
-        tqdm.write(f"skipping {path}: {reason}")
-    tqdm.write(f"features: {report.computed} computed, {report.cached} cached -> {cache.directory}")
+        echo(f"skipping {path}: {reason}")
+    echo(f"features: {report.computed} computed, {report.cached} cached -> {cache.directory}")
     keyed = {name: [(r, content_hash(r.path)) for r in part if str(r.path) not in failed]
              for name, part in splits.items()}
     return cache, keyed
