@@ -108,7 +108,9 @@ def test_eval_cli_writes_scores_metrics_and_reports(labelled_folder, toy, tmp_pa
         rows = list(csv.DictReader(handle))
     assert {"path", "label", "generator", "score"} <= set(rows[0]) and len(rows) == 13
     assert (out / "report.md").read_text().count("| overall |") >= 1
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+    # ROC, reliability, robustness; no per-generator bars: the one group ("unknown") is the overall set
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert "unknown" not in (out / "report.md").read_text()
 
 
 def test_eval_cli_usage_errors(labelled_folder, toy, tmp_path):
@@ -205,5 +207,60 @@ def test_end_to_end_on_held_out_shared_data(shared_data, tmp_path):
     lo, hi = metrics["overall"]["ci"]["auc"]
     assert lo <= metrics["overall"]["auc"] <= hi
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "Robustness" in html
+    # ROC per family, ROC panels per generator, per-generator bars, reliability, robustness
+    assert html.count("data:image/png;base64,") == 5 and "Robustness" in html
     assert "down:0.5+jpeg:75 (shared online)" in (out / "report.md").read_text()
+
+
+def family_scored_set(n_families: int = 3, generators_per_family: int = 9, fakes: int = 12) -> ScoredSet:
+    """Reals plus fakes of many generators in a few families; generator g of family f scores around g / n."""
+    rng = np.random.default_rng(0)
+    records, scores = [], []
+    for i in range(40):
+        records.append(ImageRecord(Path(f"real/{i}.png"), 0))
+        scores.append(float(rng.uniform(0, 0.6)))
+    for f in range(n_families):
+        for g in range(generators_per_family):
+            count = 2 if (f, g) == (0, 0) else fakes
+            for i in range(count):
+                records.append(ImageRecord(Path(f"fake/{f}/{g}/{i}.png"), 1, f"family{f}-generator-{g}-with-a-long-name",
+                                           family=f"family{f}"))
+                scores.append(float(np.clip(rng.normal(0.3 + 0.5 * g / generators_per_family, 0.15), 0, 1)))
+    return ScoredSet(records, np.array(scores))
+
+
+def test_report_tables_have_one_header_each_and_say_when_n_is_too_small(tmp_path):
+    from diffsleuth.evaluation.reports import MIN_CI_COUNT, TOO_SMALL, detail_rows, markdown_report, table_rows
+
+    scored = family_scored_set()
+    result = evaluate_scored(scored, n_bootstrap=50, threshold=0.42)
+    result["thresholds"] = {"accuracy": 0.42, "detector": 0.42}
+    for header, cells in (table_rows(result["per_generator"]), detail_rows(result["per_generator"])):
+        assert len(header) == len(set(header)) <= 11 and all(len(c) == len(header) for c in cells)
+    header, cells = table_rows(result["per_generator"])
+    tiny = next(c for c in cells if c[0].startswith("family0-generator-0-"))  # 2 fakes
+    assert tiny[header.index("AUC 95% CI")] == TOO_SMALL and tiny[header.index("acc 95% CI")] == TOO_SMALL
+    large = next(c for c in cells if c[0].startswith("family1-generator-3-"))  # 12 fakes, 40 reals
+    assert large[header.index("AUC 95% CI")].startswith("[") and MIN_CI_COUNT <= 12
+    report = markdown_report(result, "t")
+    assert "threshold 0.4200" in report and "## Per family" in report and "unknown" not in report
+    at_half = evaluate_scored(scored, n_bootstrap=0)["overall"]["acc"]
+    assert result["overall"]["acc"] != at_half  # accuracy follows the given threshold, not 0.5
+
+
+def test_report_plots_small_multiples_per_family_and_skip_what_repeats_overall(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from diffsleuth.evaluation import plots
+
+    scored = family_scored_set()
+    assert [len(names) for _, names in plots._panels(scored)] == [7, 2, 7, 2, 7, 2]  # 9 generators: 2 panels each
+    for image in (plots.roc_overview(scored), plots.roc_panels(scored)):
+        png = Image.open(io.BytesIO(base64.b64decode(image)))
+        assert png.width >= 600 and png.height >= 500
+    single = ScoredSet([ImageRecord(Path("a.png"), 0), ImageRecord(Path("b.png"), 1)], np.array([0.2, 0.7]))
+    assert plots.roc_panels(single) is None and plots.bars_plot({"unknown": {}}, 10) is None
+    assert plots.roc_overview(single) is not None

@@ -69,8 +69,8 @@ class PlainHelpGroup(TyperGroup):
             elif (isinstance(param, TyperOption) and param.metavar is None and hasattr(param, "display_type")
                   and not (param.is_flag or param.count)):
                 label = param.display_type(ctx)[1:-1]
-                param.metavar = f"[{label}]" if "|" in label else _METAVARS.get(label.removeprefix("list[")
-                                                                                 .removesuffix("]"), "VALUE")
+                bare = label.lower().removeprefix("list[").removesuffix("]")
+                param.metavar = f"[{label}]" if "|" in label else _METAVARS.get(bare, "VALUE")
         return command
 
 

@@ -54,16 +54,19 @@ def subsample(records: list[ImageRecord], max_images: int | None, seed: int) -> 
 
 
 def print_summary(result: dict, output: Path) -> None:
-    from diffsleuth.evaluation.reports import fmt, fmt_ci
+    from diffsleuth.evaluation.reports import MIN_CI_COUNT, fmt, fmt_ci, shown_groups
 
-    table = Table(show_edge=False, header_style="bold", title="acc at 0.5; 95% bootstrap CI")
+    at = result.get("thresholds", {}).get("accuracy", 0.5)
+    table = Table(show_edge=False, header_style="bold",
+                  title=f"acc at the detector's threshold {at:.4f}; 95% bootstrap CI (rows with "
+                        f">= {MIN_CI_COUNT} images per class)")
     for column in ("group", "reals", "fakes", "acc", "acc CI", "bal acc", "AP", "AUC", "AUC CI", "TPR@5%FPR"):
         table.add_column(column, justify="left" if column == "group" else "right")
-    rows = {"overall": result["overall"], **result["per_generator"]}
+    rows = {"overall": result["overall"], **shown_groups(result, "per_generator")}
     for name, row in rows.items():
         table.add_row(name, fmt(row.get("n_real")), fmt(row.get("n_fake")), fmt(row["acc"]),
-                      fmt_ci(row["ci"]["acc"]), fmt(row["balanced_acc"]), fmt(row["ap"]), fmt(row["auc"]),
-                      fmt_ci(row["ci"]["auc"]), fmt(row["tpr_at_5fpr"]))
+                      fmt_ci(row["ci"]["acc"], row), fmt(row["balanced_acc"]), fmt(row["ap"]), fmt(row["auc"]),
+                      fmt_ci(row["ci"]["auc"], row), fmt(row["tpr_at_5fpr"]))
     Console(file=sys.stdout, width=160).print(table)
     for summary in result.get("robustness", {}).get("summary", []):
         typer.echo(f"  {summary['label']:<32} acc {fmt(summary['acc'])}  bal acc {fmt(summary['balanced_acc'])}  "

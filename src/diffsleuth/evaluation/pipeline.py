@@ -37,12 +37,13 @@ def evaluate_detector(detector: Detector, records: Sequence[ImageRecord], option
         val = score_records(detector, val_records, transform=equalize, batch_size=options.batch_size,
                             max_pixels=options.max_pixels, description="validation set")
     val_threshold = choose_threshold(val)
+    threshold = float(detector.config.threshold)  # accuracy at the threshold scan labels with
     result: dict = {
         "detector_name": detector.name,
         "equalize": str(equalize) if equalize else None,
         "thresholds": {
-            "fixed": 0.5,
-            "detector": float(detector.config.threshold),
+            "accuracy": threshold,
+            "detector": threshold,
             "validation": val_threshold,
             "validation_images": 0 if val is None else int(val.scores.size),
             "rule": "validation threshold maximises balanced accuracy on the validation set; "
@@ -52,13 +53,13 @@ def evaluate_detector(detector: Detector, records: Sequence[ImageRecord], option
         "seed": options.seed,
     }
     result.update(evaluate_scored(clean, val_threshold=val_threshold, n_bootstrap=options.n_bootstrap,
-                                  seed=options.seed, expected_generators=expected_generators))
+                                  seed=options.seed, expected_generators=expected_generators, threshold=threshold))
     result["failures"] = [{"path": p, "error": e} for p, e in clean.failures]
     scored = {"clean": clean}
     if options.sweep:
         section, scored = run_sweep(detector, records, options.sweep, equalize=equalize,
                                     val_threshold=val_threshold, batch_size=options.batch_size,
                                     n_bootstrap=options.n_bootstrap, seed=options.seed,
-                                    max_pixels=options.max_pixels, clean=clean)
+                                    max_pixels=options.max_pixels, clean=clean, threshold=threshold)
         result["robustness"] = section
     return result, scored

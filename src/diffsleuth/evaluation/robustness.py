@@ -52,7 +52,7 @@ def run_sweep(detector: Detector, records: Sequence[ImageRecord], conditions: Se
               equalize: ImageTransform | None = None, val_threshold: float | None = None,
               batch_size: int = 32, n_bootstrap: int = 1000, seed: int = 0,
               max_pixels: int = DEFAULT_MAX_PIXELS,
-              clean: ScoredSet | None = None) -> tuple[dict, dict[str, ScoredSet]]:
+              clean: ScoredSet | None = None, threshold: float = 0.5) -> tuple[dict, dict[str, ScoredSet]]:
     """Score ``records`` under every condition; returns (report section, scored sets by condition).
 
     ``clean`` (already scored without degradation) becomes the baseline row of the summary.
@@ -66,7 +66,8 @@ def run_sweep(detector: Detector, records: Sequence[ImageRecord], conditions: Se
         scored[spec] = score_records(detector, records, transform=compose(equalize, degradation),
                                      batch_size=batch_size, max_pixels=max_pixels, description=spec)
     for spec, result in scored.items():
-        metrics = evaluate_scored(result, val_threshold=val_threshold, n_bootstrap=n_bootstrap, seed=seed)
+        metrics = evaluate_scored(result, val_threshold=val_threshold, n_bootstrap=n_bootstrap, seed=seed,
+                                  threshold=threshold)
         section["conditions"][spec] = metrics
         overall = metrics["overall"]
         row = {"condition": spec, "label": condition_label(spec), "n": overall["n"]}

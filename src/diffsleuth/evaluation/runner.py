@@ -99,14 +99,15 @@ def _at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
 
 
 def metrics_row(labels: np.ndarray, scores: np.ndarray, *, val_threshold: float | None,
-                n_bootstrap: int, seed: int) -> dict:
-    """binary_metrics at 0.5, plus accuracies at the validation threshold and at the (labelled) oracle one.
+                n_bootstrap: int, seed: int, threshold: float = 0.5) -> dict:
+    """binary_metrics at ``threshold`` (the detector's stored one in an evaluation), plus accuracies at
+    the validation threshold and at the (labelled) oracle one.
 
     Both chosen thresholds maximise balanced accuracy, so compare their ``balanced_acc``.
     """
     if labels.size == 0:
         return empty_row("no images")
-    row = binary_metrics(labels, scores, threshold=0.5, n_bootstrap=n_bootstrap, seed=seed)
+    row = binary_metrics(labels, scores, threshold=threshold, n_bootstrap=n_bootstrap, seed=seed)
     if val_threshold is not None:
         row["val_threshold"] = _at_threshold(labels, scores, val_threshold)
     if labels.min() != labels.max():
@@ -129,7 +130,7 @@ def group_selections(scored: ScoredSet, key: str) -> dict[str, tuple[np.ndarray,
 
 
 def group_rows(scored: ScoredSet, key: str, *, val_threshold: float | None, n_bootstrap: int, seed: int,
-               expected: Sequence[str] = ()) -> dict[str, dict]:
+               expected: Sequence[str] = (), threshold: float = 0.5) -> dict[str, dict]:
     """One row per value of ``key`` among the fakes (see the module docstring for which reals)."""
     labels, scores = scored.labels, scored.scores
     selections = group_selections(scored, key)
@@ -140,7 +141,7 @@ def group_rows(scored: ScoredSet, key: str, *, val_threshold: float | None, n_bo
             continue
         chosen, reals = selections[name]
         rows[name] = metrics_row(labels[chosen], scores[chosen], val_threshold=val_threshold,
-                                 n_bootstrap=n_bootstrap, seed=seed)
+                                 n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
         rows[name]["reals"] = reals
     return rows
 
@@ -153,19 +154,20 @@ def choose_threshold(val: ScoredSet | None) -> float | None:
 
 
 def evaluate_scored(scored: ScoredSet, *, val_threshold: float | None = None, n_bootstrap: int = 1000,
-                    seed: int = 0, expected_generators: Sequence[str] = ()) -> dict:
-    """Overall, per-generator and (when records have one) per-family metrics of a scored set."""
+                    seed: int = 0, expected_generators: Sequence[str] = (), threshold: float = 0.5) -> dict:
+    """Overall, per-generator and (when records have one) per-family metrics of a scored set.
+
+    Accuracies are at ``threshold``: an evaluation passes the detector's stored threshold, the one
+    ``diffsleuth scan`` labels with."""
+    common = dict(val_threshold=val_threshold, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
     if scored.scores.size == 0:
         raise ValueError("no image could be scored: nothing to evaluate")
     result = {
-        "overall": metrics_row(scored.labels, scored.scores, val_threshold=val_threshold,
-                               n_bootstrap=n_bootstrap, seed=seed),
-        "per_generator": group_rows(scored, "generator", val_threshold=val_threshold,
-                                    n_bootstrap=n_bootstrap, seed=seed, expected=expected_generators),
+        "overall": metrics_row(scored.labels, scored.scores, **common),
+        "per_generator": group_rows(scored, "generator", expected=expected_generators, **common),
     }
     if any(r.family for r in scored.records):
-        result["per_family"] = group_rows(scored, "family", val_threshold=val_threshold,
-                                          n_bootstrap=n_bootstrap, seed=seed)
+        result["per_family"] = group_rows(scored, "family", **common)
     return result
 
 
