@@ -14,7 +14,7 @@ from diffsleuth.cli.app import EXIT_OK
 from diffsleuth.cli.main import app
 
 runner = CliRunner()
-COMMANDS = ["scan", "scan-ray", "eval", "audit", "extract", "train", "serve"]
+COMMANDS = ["scan", "scan-ray", "eval", "audit", "extract", "train", "serve", "weights"]
 
 
 def test_version():
@@ -76,8 +76,11 @@ def test_missing_backbone_fails_fast_with_exit_2_naming_model_folder_and_setting
     """No retry storm: offline (or a hub that does not answer) ends in a usage error within seconds."""
     import time
 
-    import diffusers  # noqa: F401  (imported before the clock starts: the bound is on the failure, not imports)
-    import transformers  # noqa: F401
+    # imported before the clock starts: the bound is on the failure path, not on importing libraries
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: F401
+    from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
+
+    import diffsleuth.features.lare  # noqa: F401
 
     from conftest import random_photo
     from diffsleuth.backbones import hub

@@ -60,6 +60,13 @@ def test_cluster_rows_equal_the_local_scan(local_ray, mixed, tmp_path, fmt):
     assert rows["trace_similarity"].notna().tolist() == scored.tolist()
     assert rows.loc[~scored, "error"].tolist() == expected.loc[~scored, "error"].tolist()
     assert rows.loc[~scored, "score"].isna().all()
+    if fmt == "csv":  # one writer for both commands: same header, and error rows (no float) are the same text
+        local_csv = runner.invoke(app, ["scan", str(mixed), "--format", "csv"]).stdout.splitlines()
+        cluster_csv = [line for f in sorted((tmp_path / "rows").iterdir()) for line in f.read_text().splitlines()]
+        assert set(cluster_csv) >= {local_csv[0]} and cluster_csv.count(local_csv[0]) == len(
+            list((tmp_path / "rows").iterdir()))
+        error_lines = {line for line in local_csv[1:] if ",,," in line}
+        assert error_lines and error_lines <= set(cluster_csv)
     generated = int((expected["label"] == "generated").sum())
     assert (f"{len(expected)} inputs: {generated} generated, {int(scored.sum()) - generated} real, "
             f"{int((~scored).sum())} unreadable") in said(result)
