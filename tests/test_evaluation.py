@@ -244,6 +244,7 @@ def test_report_tables_have_one_header_each_and_say_when_n_is_too_small(tmp_path
     assert large[header.index("AUC 95% CI")].startswith("[") and MIN_CI_COUNT <= 12
     report = markdown_report(result, "t")
     assert "threshold 0.4200" in report and "## Per family" in report and "unknown" not in report
+    assert report.count("tpr_at_1fpr is coarse (every row)") == 2  # once per section, not once per row
     at_half = evaluate_scored(scored, n_bootstrap=0)["overall"]["acc"]
     assert result["overall"]["acc"] != at_half  # accuracy follows the given threshold, not 0.5
 

@@ -135,7 +135,7 @@ def roc_panels(scored: ScoredSet) -> str | None:
                        ls=STYLES[i % len(STYLES)] if i >= 4 else "-")
         _curve(ax, labels, scores, "all generators (reference)", color="black", lw=1.0, alpha=0.45)
         _roc_axes(ax, title)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle("ROC per generator, one panel per family (each curve: that generator's fakes against the reals)",

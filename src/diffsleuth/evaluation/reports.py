@@ -95,7 +95,13 @@ def detail_rows(rows: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def row_notes(rows: dict[str, dict]) -> list[str]:
-    return [f"{name}: {note}" for name, row in rows.items() for note in row.get("notes", [])]
+    """Each distinct note once, with the rows it applies to ("every row" when all of several)."""
+    by_note: dict[str, list[str]] = {}
+    for name, row in rows.items():
+        for note in row.get("notes", []):
+            by_note.setdefault(note, []).append(name)
+    return [f"{note} ({'every row' if len(names) == len(rows) > 1 else ', '.join(names)})"
+            for note, names in by_note.items()]
 
 
 def robustness_rows(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -150,7 +156,8 @@ def markdown_report(result: dict, title: str) -> str:
     for heading, rows in _sections(result):
         parts += [f"## {heading}\n", _md_table(*table_rows(rows)), f"Further metrics ({heading.lower()}):\n",
                   _md_table(*detail_rows(rows))]
-        parts += [f"- {note}" for note in row_notes(rows)]
+        notes = row_notes(rows)
+        parts += [f"- {note}" for note in notes] + ([""] if notes else [])
     if "robustness" in result:
         parts += ["## Robustness (same degradation applied to both classes)\n",
                   _md_table(*robustness_rows(result["robustness"]["summary"]))]
