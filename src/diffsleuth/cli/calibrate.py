@@ -20,12 +20,16 @@ def _scores(model, files: list[Path], batch_size: int) -> tuple[list[float], int
     from diffsleuth.detectors.scanning import decode_or_error
     from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 
+    from diffsleuth.progress import progress
+
     scores, unreadable = [], 0
-    for start in range(0, len(files), batch_size):
-        decoded = [decode_or_error(path, DEFAULT_MAX_PIXELS) for path in files[start:start + batch_size]]
-        images = [item for item in decoded if isinstance(item, Image.Image)]
-        unreadable += len(decoded) - len(images)
-        scores += [p.score for p in model.predict(images, batch_size=batch_size)] if images else []
+    with progress("scoring", len(files)) as advance:
+        for start in range(0, len(files), batch_size):
+            decoded = [decode_or_error(path, DEFAULT_MAX_PIXELS) for path in files[start:start + batch_size]]
+            images = [item for item in decoded if isinstance(item, Image.Image)]
+            unreadable += len(decoded) - len(images)
+            scores += [p.score for p in model.predict(images, batch_size=batch_size)] if images else []
+            advance(len(decoded))
     return scores, unreadable
 
 
@@ -53,6 +57,9 @@ def calibrate(
     """
     import numpy as np
 
+    from diffsleuth.extras import require
+
+    require("eval", "diffsleuth calibrate")  # scipy for the bound, matplotlib for the histogram
     from diffsleuth.detectors.base import WeightsError
     from diffsleuth.detectors.registry import load_detector, resolve_detector_path
     from diffsleuth.devices import resolve_device, resolve_dtype

@@ -30,6 +30,9 @@ def card(
     render_only: Annotated[bool, typer.Option(help="Rewrite MODEL_CARD.md from the existing card_metrics.json.")] = False,
 ) -> None:
     """Score held-out data, out-of-domain images and wheel photos; write MODEL_CARD.md + card_metrics.json."""
+    from diffsleuth.extras import require
+
+    require("eval", "diffsleuth card")
     from diffsleuth.detectors.base import WeightsError
     from diffsleuth.detectors.registry import load_detector, resolve_detector_path
     from diffsleuth.evaluation.card import evaluate_card

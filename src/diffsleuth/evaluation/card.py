@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from diffsleuth.detectors.base import Detector
 from diffsleuth.evaluation.heldout import UNSEEN_ROLES, HoldOut, Sample, cap_per_source, gather_samples
@@ -33,6 +32,7 @@ from diffsleuth.evaluation.out_of_domain import non_photos as make_non_photos
 from diffsleuth.evaluation.out_of_domain import wheel_photos
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import parse_degradation
+from diffsleuth.progress import track
 
 TRAINING_LOG = "training_log.json"
 HEADLINE = ("auc", "ap", "tpr_at_5fpr", "real_acc", "fake_acc", "n_real", "n_fake")
@@ -89,7 +89,7 @@ def score_samples(detector: Detector, samples: Sequence[Sample], spec: str, batc
     """Detector (and baseline) scores of ``samples`` under degradation ``spec``, streamed in chunks."""
     degrade = parse_degradation(spec)
     ours, hist = [], []
-    for start in tqdm(range(0, len(samples), batch_size), desc=f"scoring {spec}", leave=False, disable=None):
+    for start in track(range(0, len(samples), batch_size), f"scoring {spec}"):
         images = [degrade(decode_image(s.record.path)) for s in samples[start:start + batch_size]]
         ours.extend(p.score for p in detector.predict(images, batch_size=batch_size))
         if baseline is not None:
@@ -117,7 +117,7 @@ def fit_baseline(samples: Sequence[Sample]) -> HistogramBaseline | None:
     if len({s.record.label for s in train}) < 2:
         return None
     degrade = parse_degradation(BASELINE_DEGRADATION)
-    images = [degrade(decode_image(s.record.path)) for s in tqdm(train, desc="colour baseline", leave=False, disable=None)]
+    images = [degrade(decode_image(s.record.path)) for s in track(train, "colour baseline")]
     return HistogramBaseline(images, [s.record.label for s in train])
 
 
