@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from diffsleuth.backbones.pypi_weights import cache_dir
 from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, judge_loss, trace_similarity
@@ -41,6 +40,7 @@ from diffsleuth.features.cache import FeatureCache, content_hash
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import parse_degradation
 from diffsleuth.io.preprocess import normalize, to_tensor
+from diffsleuth.progress import echo, progress, track
 from diffsleuth.settings import config_to_dict
 
 TRAINING_LOG = "training_log.json"
@@ -100,19 +100,18 @@ def cached_features(model: JudgeDetector, samples: Sequence[Sample], degradation
                     root: Path, batch: int) -> dict[str, list[torch.Tensor]]:
     """Per degradation, each sample's view features, encoding only what the cache lacks."""
     out: dict[str, list[torch.Tensor]] = {}
-    keys = [content_hash(s.record.path) for s in tqdm(samples, desc="hashing files", leave=False)]
+    keys = [content_hash(s.record.path) for s in track(samples, "hashing files")]
     for spec in degradations:
         cache = FeatureCache(root, extractor_config(model.config, spec))
         degrade = parse_degradation(spec)
         missing = [i for i, key in enumerate(keys) if key not in cache]
-        bar = tqdm(total=len(missing), desc=f"encoding {spec} ({len(samples) - len(missing)} cached)")
-        for start in range(0, len(missing), batch):
-            chunk = missing[start:start + batch]
-            images = [degrade(decode_image(samples[i].record.path)) for i in chunk]
-            for i, features in zip(chunk, encode_views(model, images)):
-                cache.put(keys[i], {"features": features})
-            bar.update(len(chunk))
-        bar.close()
+        with progress(f"encoding {spec} ({len(samples) - len(missing)} cached)", len(missing)) as advance:
+            for start in range(0, len(missing), batch):
+                chunk = missing[start:start + batch]
+                images = [degrade(decode_image(samples[i].record.path)) for i in chunk]
+                for i, features in zip(chunk, encode_views(model, images)):
+                    cache.put(keys[i], {"features": features})
+                advance(len(chunk))
         out[spec] = [cache.get(key)["features"] for key in keys]
     return out
 
@@ -180,7 +179,7 @@ def train_head(model: JudgeDetector, cfg: JudgeHeadTrainConfig, rows: torch.Tens
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     order_gen = torch.Generator().manual_seed(cfg.seed)
     history, best, best_epoch, best_state = [], -math.inf, 0, None
-    for epoch in tqdm(range(cfg.epochs), desc="training head"):
+    for epoch in track(range(cfg.epochs), "training head"):
         order = torch.randperm(len(rows), generator=order_gen)
         parts_sum: dict[str, float] = {}
         for step in range(steps_per_epoch):
@@ -199,7 +198,7 @@ def train_head(model: JudgeDetector, cfg: JudgeHeadTrainConfig, rows: torch.Tens
         if selection > best:
             best, best_epoch, best_state = selection, epoch + 1, copy.deepcopy(model.state_dict())
         history.append(entry)
-        tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}))
+        echo(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}))
     model.load_state_dict(best_state)
     return history, best_epoch
 
