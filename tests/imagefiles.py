@@ -82,3 +82,19 @@ def write_broken_files(folder: Path) -> dict[str, Path]:
         (folder / name).write_bytes(data)
         files[key] = folder / name
     return files
+
+
+def thin_png(width: int = 2, height: int = 30_000_000) -> bytes:
+    """A valid RGB PNG of ``width`` x ``height`` black pixels, compressed by hand in slices:
+    2 x 30,000,000 is about 200 KB on disk and 180 MB decoded (PIL would need ~24 GB padded)."""
+    row = b"\x00" + b"\x00" * 3 * width
+    rows_per_slice = max(1, 4_000_000 // len(row))
+    compressor = zlib.compressobj(9)
+    parts = []
+    for start in range(0, height, rows_per_slice):
+        parts.append(compressor.compress(row * min(rows_per_slice, height - start)))
+    parts.append(compressor.flush())
+    return (b"\x89PNG\r\n\x1a\n"
+            + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + _png_chunk(b"IDAT", b"".join(parts))
+            + _png_chunk(b"IEND", b""))

@@ -113,11 +113,10 @@ def test_uploads_never_touch_the_disk(tmp_path, monkeypatch):
     assert row["error"] is None and 0.0 <= row["score"] <= 1.0
 
 
-def test_scan_refuses_an_oversized_file_and_a_body_that_is_not_multipart(tmp_path, monkeypatch):
-    import diffsleuth.server.app as server_app
+def test_scan_refuses_an_oversized_file_and_a_body_that_is_not_multipart(tmp_path):
+    from diffsleuth.server.limits import ServiceLimits
 
-    monkeypatch.setattr(server_app, "MAX_UPLOAD_BYTES", 1000)
-    client = TestClient(create_app(load_detector(saved_toy(tmp_path / "toy"))))
+    client = TestClient(create_app(load_detector(saved_toy(tmp_path / "toy")), limits=ServiceLimits(max_file_bytes=1000)))
     response = client.post("/v1/scan", files=[("files", ("huge.png", b"x" * 5000, "image/png"))])
     assert response.status_code == 413 and "huge.png" in response.json()["detail"]
     assert client.post("/v1/scan", content=b"{}", headers={"content-type": "application/json"}).status_code == 400

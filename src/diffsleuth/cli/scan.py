@@ -9,22 +9,33 @@ from typing import Annotated, ContextManager, Optional, TextIO
 
 import typer
 
-from diffsleuth.cli.app import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
-from diffsleuth.cli.scan_output import OutputFormat, RowStream, ScanOutputError, render, written_rows
+from diffsleuth.cli.app import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
+from diffsleuth.cli.scan_output import (AtomicOutput, OutputFormat, OutputWriteError, RowStream, ScanOutputError,
+                                        output_problem, render, written_rows)
 from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
 from diffsleuth.cli.weights import configure_runtime
-from diffsleuth.detectors.scanning import ScanResult, row_columns, scan_paths
+from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS, DecodeLimits, ScanResult, row_columns, scan_paths
 from diffsleuth.detectors.score_maps import write_scan_overlay
 from diffsleuth.io.datasets import expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.io.guards import DEFAULT_MAX_BYTES, encode_path
 from diffsleuth.progress import progress
 
 
 def open_output(output: Optional[Path], append: bool) -> ContextManager[TextIO]:
+    """stdout, or ``output`` opened for rows; an output that cannot be written is a usage error."""
     if output is None:
         return contextlib.nullcontext(sys.stdout)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return output.open("a" if append else "w", encoding="utf-8", newline="")
+    problem = output_problem(output)
+    try:
+        if problem:
+            raise ScanOutputError(problem)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return output.open("a" if append else "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise fail_usage(f"cannot write {output} ({exc.strerror or exc})") from exc
+    except ScanOutputError as exc:
+        raise fail_usage(str(exc)) from exc
 
 
 def scan_exit(counts: dict[str, int], summary: bool) -> typer.Exit:
@@ -62,7 +73,10 @@ def scan(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
-    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images larger than this (decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
+    max_bytes: Annotated[int, typer.Option(min=1, help="Refuse files larger than this many bytes, before reading them.")] = DEFAULT_MAX_BYTES,
+    max_batch_pixels: Annotated[int, typer.Option(
+        min=1, help="Decoded pixels in memory at once; a batch of large images is decoded in smaller groups.")] = DEFAULT_MAX_BATCH_PIXELS,
     summary: Annotated[bool, typer.Option("--summary", help="Print counts per label to stderr.")] = False,
     threads: Annotated[Optional[int], typer.Option(
         min=1, help="CPU threads for the model (torch and onnxruntime) [default: torch's].")] = None,
@@ -85,10 +99,13 @@ def scan(
     Rows also say which threshold labelled them and what the file's metadata declares (C2PA,
     generator settings, IPTC, camera EXIF); verdict is "generated (declared)" only when the
     metadata declares generation, else the label. --no-provenance leaves those columns empty.
+    Every input gives one row: a file that is not a regular file, too large, not an image, too
+    thin (aspect ratio over 50:1) or unreadable gets a row with the reason in `error`.
 
     Exit codes: 0 every input scored; 3 some inputs could not be read (their rows carry the
-    error, the rest are scored); 2 usage error (bad option, no inputs, unknown detector);
-    130 interrupted.
+    error, the rest are scored); 2 usage error (bad option, no inputs, unknown detector, an
+    --output that cannot be written: checked before scoring); 1 the output failed while writing
+    (rows written so far are kept: --resume finishes); 130 interrupted.
     """
     from diffsleuth.backbones.loading import BackboneUnavailableError
     from diffsleuth.detectors.base import WeightsError  # torch: imported when a command runs, not for --help
@@ -117,7 +134,7 @@ def scan(
             done = written_rows(output, fmt, columns)
         except ScanOutputError as exc:
             raise fail_usage(str(exc)) from exc
-        todo = [f for f in files if str(f) not in done]
+        todo = [f for f in files if encode_path(str(f)) not in done]
         err_console.print(f"resuming {output}: {len(files) - len(todo)} of {len(files)} inputs already there, "
                           f"{len(todo)} to scan")
         files = todo
@@ -125,35 +142,59 @@ def scan(
     counts = {"generated": 0, "real": 0, "unreadable": 0}
     written_maps = 0
     kept: list[dict] = []
-    with open_output(output if fmt.streams else None, appending) as stream:
-        rows = None
-        if fmt.streams:
-            rows = RowStream(stream, fmt, columns, write_header=not (appending and output.stat().st_size))
+    atomic = None
+    if output is not None and not fmt.streams:
         try:
-            with progress("scanning", len(files)) as advance:
-                for result in scan_paths(model, files, batch_size=batch_size, max_pixels=max_pixels,
-                                         on_progress=advance, provenance=provenance):
-                    row = result.as_row()
-                    if rows is not None:
-                        rows.write(row)
-                    else:
-                        kept.append(row)
-                    counts["unreadable" if result.error else result.label] += 1
-                    if maps is not None and result.score_map is not None:
-                        written_maps += write_map(maps, result, max_pixels, model.score_map_label)
-        except KeyboardInterrupt:
-            if rows is None:
-                kept_where = "no rows were written (--format csv or jsonl keeps them)"
-            elif output is None:
-                kept_where = "their rows are printed above"
-            else:
-                kept_where = f"their rows are in {output}: run the same command with --resume to finish"
-            err_console.print(f"interrupted after {sum(counts.values())} of {len(files)} inputs; {kept_where}")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            atomic = AtomicOutput(output)
+        except ScanOutputError as exc:
+            raise fail_usage(str(exc)) from exc
+    limits = DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes, max_batch_pixels=max_batch_pixels)
+    try:
+        with open_output(output if fmt.streams else None, appending) as stream:
+            rows = None
+            if fmt.streams:
+                rows = RowStream(stream, fmt, columns, write_header=not (appending and output.stat().st_size))
+            try:
+                with progress("scanning", len(files)) as advance:
+                    for result in scan_paths(model, files, batch_size=batch_size, limits=limits,
+                                             on_progress=advance, provenance=provenance):
+                        row = result.as_row()
+                        if rows is not None:
+                            rows.write(row)
+                        else:
+                            kept.append(row)
+                        counts["unreadable" if result.error else result.label] += 1
+                        if maps is not None and result.score_map is not None:
+                            written_maps += write_map(maps, result, max_pixels, model.score_map_label)
+            except KeyboardInterrupt:
+                if rows is None:
+                    kept_where = "no rows were written (--format csv or jsonl keeps them)"
+                elif output is None:
+                    kept_where = "their rows are printed above"
+                else:
+                    kept_where = f"their rows are in {output}: run the same command with --resume to finish"
+                err_console.print(f"interrupted after {sum(counts.values())} of {len(files)} inputs; {kept_where}")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
 
-    if rows is None:
-        with open_output(output, append=False) as stream:
-            stream.write(render(kept, fmt, colour=output is None and sys.stdout.isatty()))
+        text = None if rows is not None else render(kept, fmt, colour=output is None and sys.stdout.isatty())
+        if atomic is not None:
+            atomic.commit(text)
+            atomic = None
+        elif text is not None:
+            try:
+                sys.stdout.write(text)
+            except OSError as exc:
+                raise OutputWriteError(exc.errno, exc.strerror or str(exc)) from exc
+    except OutputWriteError as exc:
+        where = output if output is not None else "standard output"
+        kept_where = (f"the rows written so far are in {output}: run the same command with --resume to finish"
+                      if fmt.streams and output is not None else "no rows were kept")
+        err_console.print(f"[bold red]error:[/] cannot write to {where} ({exc.strerror or exc}); {kept_where}",
+                          highlight=False)
+        raise typer.Exit(EXIT_INTERNAL) from None
+    finally:
+        if atomic is not None:
+            atomic.discard()
     scanned = sum(counts.values())
     if maps is not None:
         err_console.print(f"wrote {written_maps} score-map overlays to {maps}")

@@ -2,7 +2,12 @@
 
 CSV and JSON Lines are written row by row as images are scored and flushed at once, so a scan
 that is interrupted or killed keeps every row it finished, and ``--resume`` can append the rest.
-A table or a JSON list needs all rows, so those two are rendered once at the end.
+A table or a JSON list needs all rows, so those two are rendered once at the end, into a
+temporary file beside the output that :class:`AtomicOutput` creates before scoring starts (so an
+unwritable output fails first, not after the work) and renames over the output at the end.
+
+Paths in rows are :func:`diffsleuth.io.guards.encode_path` text; a CSV field holding CR or LF is
+quoted, so every row reads back with Python's csv module as it was written.
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
+import tempfile
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -33,7 +41,51 @@ class OutputFormat(str, Enum):
 
 
 class ScanOutputError(ValueError):
-    """An existing output file cannot be resumed: unreadable, or written with other columns."""
+    """An output file cannot be written, or cannot be resumed (unreadable, or other columns)."""
+
+
+class OutputWriteError(OSError):
+    """Writing rows failed midway (disk full, closed pipe): what was flushed before is kept."""
+
+
+def output_problem(output: Path) -> str | None:
+    """Why ``output`` cannot be written (checked before any scoring), or None."""
+    if output.is_dir():
+        return f"{output} is a directory"
+    if output.exists() and not os.access(output, os.W_OK):
+        return f"{output} is not writable"
+    return None
+
+
+class AtomicOutput:
+    """A temporary file beside ``output``, renamed over it by :meth:`commit`; created at once, so
+    that an output that cannot be written is refused before any work. Removed if not committed."""
+
+    def __init__(self, output: Path) -> None:
+        problem = output_problem(output)
+        if problem:
+            raise ScanOutputError(problem)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+        except OSError as exc:
+            raise ScanOutputError(f"cannot write {output} ({exc.strerror or exc})") from exc
+        self.output, self.temporary = output, Path(name)
+        self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
+
+    def commit(self, text: str) -> None:
+        try:
+            with self.stream:
+                self.stream.write(text)
+                self.stream.flush()
+                os.fsync(self.stream.fileno())
+            os.replace(self.temporary, self.output)
+        except OSError as exc:
+            raise OutputWriteError(exc.errno, exc.strerror or str(exc)) from exc
+
+    def discard(self) -> None:
+        self.stream.close()
+        self.temporary.unlink(missing_ok=True)
 
 
 def render(rows: Sequence[dict[str, Any]], fmt: OutputFormat, colour: bool) -> str:
@@ -65,43 +117,83 @@ class RowStream:
     def __init__(self, stream: TextIO, fmt: OutputFormat, columns: Sequence[str],
                  write_header: bool = True) -> None:
         self.stream = stream
-        self.csv = None
-        if fmt is OutputFormat.csv:
-            self.csv = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n")
-            if write_header:
-                self.csv.writeheader()
-                stream.flush()
+        self.columns = list(columns) if fmt is OutputFormat.csv else None
+        if self.columns is not None and write_header:
+            self.stream.write(csv_line(dict(zip(self.columns, self.columns)), self.columns))
+            stream.flush()
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.csv is not None:
-            self.csv.writerow(row)
-        else:
-            self.stream.write(json.dumps(row) + "\n")
-        self.stream.flush()
+        try:
+            if self.columns is not None:
+                self.stream.write(csv_line(row, self.columns))
+            else:
+                self.stream.write(json.dumps(row) + "\n")
+            self.stream.flush()
+        except OSError as exc:
+            raise OutputWriteError(exc.errno, exc.strerror or str(exc)) from exc
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Cut a last line left unfinished by a killed run, so appended rows start on a line of their own."""
-    with path.open("rb+") as handle:
-        data = handle.read()
-        if data and not data.endswith(b"\n"):
-            handle.truncate(data.rfind(b"\n") + 1)
+def csv_line(row: dict[str, Any], columns: Sequence[str]) -> str:
+    """One CSV record ending in LF; a field with CR or LF in it is quoted.
+
+    Python's writer quotes only the characters of its line terminator, so the record is written
+    with CRLF (quoting both) and its terminator then shortened to LF.
+    """
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\r\n").writerow(row)
+    return buffer.getvalue()[:-2] + "\n"
+
+
+def complete_length(text: str, fmt: OutputFormat) -> int:
+    """Characters of ``text`` up to the end of its last complete row (a killed run may tear the last)."""
+    if fmt is not OutputFormat.csv:
+        return text.rfind("\n") + 1
+    end = 0
+    quoted = False
+    for match in _CSV_BREAKS.finditer(text):
+        if match.group() == '"':
+            quoted = not quoted
+        elif not quoted:
+            end = match.end()
+    return end
+
+
+_CSV_BREAKS = re.compile(r'["\n]')
+
+
+def drop_torn_tail(path: Path, fmt: OutputFormat = OutputFormat.jsonl) -> None:
+    """Cut a last row left unfinished by a killed run, so appended rows start on a line of their own."""
+    with path.open("r+", encoding="utf-8", newline="") as handle:
+        text = handle.read()
+        keep = complete_length(text, fmt)
+        if keep < len(text):
+            handle.seek(0)
+            handle.truncate(len(text[:keep].encode("utf-8")))
 
 
 def written_rows(path: Path, fmt: OutputFormat, columns: Sequence[str]) -> set[str]:
-    """Paths that an earlier run already wrote to ``path``; raises if new rows would not fit the file."""
-    drop_torn_tail(path)
-    text = path.read_text(encoding="utf-8")
+    """Row paths that an earlier run already wrote to ``path``; raises if new rows would not fit the file."""
+    try:
+        drop_torn_tail(path, fmt)
+        with path.open(encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScanOutputError(f"{path}: cannot resume from it ({exc})") from exc
     if not text:
         return set()
     if fmt is OutputFormat.csv:
-        reader = csv.DictReader(io.StringIO(text))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if reader.fieldnames != list(columns):
             raise ScanOutputError(f"{path} has the columns {reader.fieldnames}, this detector writes "
                                   f"{list(columns)}: resume into another --output")
-        return {row["path"] for row in reader}
+        try:
+            return {row["path"] for row in reader}
+        except csv.Error as exc:
+            raise ScanOutputError(f"{path}, line {reader.line_num}: not a scan row ({exc})") from exc
     done = set()
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line:
+            continue
         try:
             done.add(json.loads(line)["path"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:

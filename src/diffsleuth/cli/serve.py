@@ -7,6 +7,12 @@ from typing import Annotated, Optional
 import typer
 
 from diffsleuth.cli.app import app, fail_usage
+from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS
+from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.server.limits import ServiceLimits, uvicorn_config
+
+_D = ServiceLimits  # the defaults (this module imports nothing of the server extra, nor torch)
+
 
 
 @app.command()
@@ -20,8 +26,23 @@ def serve(
         min=0.0, max=1.0, help="Label at this threshold (0..1) instead of the detector's stored one.")] = None,
     provenance: Annotated[bool, typer.Option(
         "--provenance/--no-provenance", help="Read C2PA manifests and generator/camera metadata of uploads.")] = True,
+    max_request_bytes: Annotated[int, typer.Option(
+        min=1, help="Largest request body; refused from Content-Length before reading (413).")] = _D.max_request_bytes,
+    max_file_bytes: Annotated[int, typer.Option(min=1, help="Largest uploaded file (413 beyond).")] = _D.max_file_bytes,
+    max_files: Annotated[int, typer.Option(min=1, help="Most files in one request (413 beyond).")] = _D.max_files,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images larger than this (error row).")] = DEFAULT_MAX_PIXELS,
+    max_batch_pixels: Annotated[int, typer.Option(min=1, help="Decoded pixels in memory at once per scan.")] = DEFAULT_MAX_BATCH_PIXELS,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="Scans scored at the same time.")] = _D.max_concurrent,
+    max_queue: Annotated[int, typer.Option(min=0, help="Scans waiting for a slot; beyond, 503 with Retry-After.")] = _D.max_queue,
+    queue_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a scan may wait for a slot before 503.")] = _D.queue_timeout,
+    retry_after: Annotated[int, typer.Option(min=0, help="Retry-After seconds sent with 503.")] = _D.retry_after,
+    header_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a connection has to send a complete request head.")] = _D.header_timeout,
+    keep_alive_timeout: Annotated[int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")] = _D.keep_alive_timeout,
+    max_connections: Annotated[int, typer.Option(min=1, help="Open connections at most (503 beyond).")] = _D.max_connections,
+    max_header_bytes: Annotated[int, typer.Option(min=1, help="Largest request head.")] = _D.max_header_bytes,
 ) -> None:
-    """Serve the web page at /, POST /v1/scan (multipart files) and GET /health."""
+    """Serve the web page at /, POST /v1/scan (multipart files) and GET /health, with the limits above."""
     try:
         import uvicorn
 
@@ -32,6 +53,11 @@ def serve(
     from diffsleuth.detectors.registry import load_detector, resolve_detector_path
     from diffsleuth.devices import resolve_device, resolve_dtype
 
+    limits = ServiceLimits(
+        max_request_bytes=max_request_bytes, max_file_bytes=max_file_bytes, max_files=max_files,
+        max_concurrent=max_concurrent, max_queue=max_queue, queue_timeout=queue_timeout, retry_after=retry_after,
+        header_timeout=header_timeout, keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
+        max_header_bytes=max_header_bytes)
     try:
         torch_device = resolve_device(device)
         model = load_detector(detector, device=torch_device, dtype=resolve_dtype(torch_device, precision),
@@ -39,4 +65,6 @@ def serve(
         card = resolve_detector_path(detector) / "MODEL_CARD.md"
     except (ValueError, KeyError, WeightsError) as exc:
         raise fail_usage(str(exc)) from exc
-    uvicorn.run(create_app(model, model_card=card, provenance=provenance), host=host, port=port)
+    service = create_app(model, max_pixels=max_pixels, limits=limits, max_batch_pixels=max_batch_pixels,
+                         model_card=card, provenance=provenance)
+    uvicorn.Server(uvicorn_config(service, host, port, limits)).run()

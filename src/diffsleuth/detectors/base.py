@@ -23,9 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffsleuth.settings import config_from_dict, config_to_dict
+from diffsleuth.settings import ConfigError, config_from_dict, config_to_dict, load_json
 from diffsleuth.devices import resolve_device
-from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
+from diffsleuth.io.preprocess import PreprocessConfig, geometry, preprocess_batch
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 from diffsleuth.io.inputs import ImageInput, as_rgb_images
 
@@ -36,6 +36,28 @@ GENERATED, REAL_LABEL = "generated", "real"
 
 class WeightsError(ValueError):
     """Weights on disk are missing, tampered with, pickled, or do not fit the model."""
+
+
+META_KEYS = {"detector": str, "config": dict, "weights_sha256": (str, type(None)), "metadata": dict}
+"""The keys of a saved ``config.json`` and their JSON types; ``metadata`` is free-form."""
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A saved detector's ``config.json``, checked: strict JSON, known keys of the right types.
+
+    Raises :class:`ConfigError` naming the file and the key."""
+    meta = load_json(path)
+    if not isinstance(meta, dict):
+        raise ConfigError("", f"must be a JSON object, got {type(meta).__name__}", path)
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise ConfigError("", f"unknown keys {unknown} (known: {sorted(META_KEYS)})", path)
+    for key, kind in META_KEYS.items():
+        if key in ("detector", "config") and key not in meta:
+            raise ConfigError(key, "missing", path)
+        if key in meta and not isinstance(meta[key], kind):
+            raise ConfigError(key, f"has the wrong type ({type(meta[key]).__name__})", path)
+    return meta
 
 
 @dataclass
@@ -59,7 +81,7 @@ class DetectorConfig:
     """Fields every detector config has; subclasses add their own."""
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    threshold: float = 0.5
+    threshold: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
 
 
 def check_threshold(threshold: float) -> float:
@@ -151,6 +173,17 @@ class Detector(nn.Module):
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return preprocess_batch(list(images), self.config.preprocess)
+
+    def reduce_input(self, image: Image.Image) -> Image.Image:
+        """The smallest image that this detector scores exactly as it scores ``image``.
+
+        A scan applies it right after decoding, so a batch waiting for the model holds model-sized
+        images, not whole photos. Default: the preprocessing geometry (idempotent) when the detector
+        scores through :meth:`preprocess`, else the image unchanged.
+        """
+        if type(self).score_images is Detector.score_images and type(self).preprocess is Detector.preprocess:
+            return geometry(image, self.config.preprocess)
+        return image
 
     @torch.inference_mode()
     def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[dict]]:
@@ -247,12 +280,19 @@ class Detector(nn.Module):
     def from_folder(cls, directory: Path, device: torch.device | str = "cpu",
                     dtype: torch.dtype | None = None,
                     config_overrides: dict[str, Any] | None = None) -> Detector:
-        meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+        source = directory / CONFIG_NAME
+        meta = read_meta(source)
         data = dict(meta["config"])
         data.update(config_overrides or {})
-        config = config_from_dict(cls.config_class, data)
+        try:
+            config = config_from_dict(cls.config_class, data)
+        except ConfigError as exc:
+            raise exc.located(source, "config") from exc
         state = read_safetensors(directory / WEIGHTS_NAME, meta.get("weights_sha256"))
-        model = cls.from_config(config, device="cpu", pretrained=False)
+        try:
+            model = cls.from_config(config, device="cpu", pretrained=False)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ConfigError("config", f"cannot build a {cls.name!r} detector from it ({exc})", source) from exc
         model.load_weights(state, str(directory / WEIGHTS_NAME))
         return model.to(resolve_device(device), dtype=dtype).eval()
 

@@ -23,7 +23,7 @@ import math
 
 from PIL import Image
 
-from diffsleuth.io.preprocess import PreprocessConfig, geometry, pad_to
+from diffsleuth.io.preprocess import PreprocessConfig, geometry, padded_crop
 
 GRID_FACTOR = 1.5
 MAX_PER_AXIS = 8
@@ -48,10 +48,13 @@ def spread(length: int, size: int, count: int) -> list[int]:
 
 
 def grid_crops(image: Image.Image, size: int, grid: int) -> list[Image.Image]:
-    """``grid`` x ``grid`` crops without resampling, spread evenly over the image (centre for 1)."""
-    image = pad_to(image, size)
-    xs, ys = spread(image.width, size, grid), spread(image.height, size, grid)
-    return [image.crop((x, y, x + size, y + size)) for y in ys for x in xs]
+    """``grid`` x ``grid`` crops without resampling, spread evenly over the image (centre for 1).
+
+    An image smaller than ``size`` is reflected to it, each crop on its own (``padded_crop``), so a
+    very thin image never becomes a padded copy of itself."""
+    width, height = max(image.width, size), max(image.height, size)
+    xs, ys = spread(width, size, grid), spread(height, size, grid)
+    return [padded_crop(image, size, x, y) for y in ys for x in xs]
 
 
 def cover_views(image: Image.Image, preprocess: PreprocessConfig,

@@ -21,8 +21,8 @@ from torch import nn
 from diffsleuth.detectors.base import Detector, DetectorConfig
 from diffsleuth.detectors.registry import register_detector
 from diffsleuth.devices import resolve_device
-from diffsleuth.detectors.image_grid import POLICIES, cover_views, fixed_views
-from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, normalize, to_tensor
+from diffsleuth.detectors.image_grid import POLICIES, cover_views, fixed_views, limit_scale
+from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, geometry, normalize, to_tensor
 
 ENCODERS = ("cnn", "resnet50", "clip", "onnx")
 FRONT_ENDS = ("npr", "highpass", "none")
@@ -284,6 +284,14 @@ class JudgeDetector(Detector):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.calibrate(self.trace_score(batch))
+
+    def reduce_input(self, image: Image.Image) -> Image.Image:
+        """What :meth:`views` reads first (idempotent): the image with its shorter side at most
+        ``max_short_side``, or the model's geometry for a ``fixed`` grid without native crops."""
+        cfg = self.config
+        if cfg.grid == "fixed" and cfg.preprocess.policy != "center_crop":
+            return geometry(image, cfg.preprocess)
+        return limit_scale(image, cfg.max_short_side)
 
     def views(self, image: Image.Image) -> tuple[list[Image.Image], int, int]:
         """The crops this judge scores for ``image`` (row-major), and the rows x cols they form."""

@@ -36,7 +36,7 @@ from diffsleuth.detectors.training import (
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import blur, downscale, jpeg
-from diffsleuth.io.preprocess import PreprocessConfig, normalize, pad_to, to_tensor
+from diffsleuth.io.preprocess import PreprocessConfig, normalize, padded_crop, to_tensor
 from diffsleuth.progress import echo, progress, track
 
 TRAINING_LOG = "training_log.json"
@@ -95,10 +95,9 @@ def degrade(image: Image.Image, label: int, cfg: JudgeTrainConfig, rng: random.R
 
 
 def random_crop(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
-    image = pad_to(image, size)
-    left = rng.randint(0, image.width - size)
-    top = rng.randint(0, image.height - size)
-    crop = image.crop((left, top, left + size, top + size))
+    left = rng.randint(0, max(image.width, size) - size)
+    top = rng.randint(0, max(image.height, size) - size)
+    crop = padded_crop(image, size, left, top)
     return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from diffsleuth.detectors.base import CONFIG_NAME, Detector, WeightsError, check_threshold
+from diffsleuth.detectors.base import CONFIG_NAME, Detector, WeightsError, check_threshold, read_meta
+from diffsleuth.settings import ConfigError
 from diffsleuth.registry import LazyRegistry
 
 _DETECTORS: LazyRegistry[type[Detector]] = LazyRegistry("detector", {
@@ -70,11 +70,10 @@ def load_detector(path_or_name: str | os.PathLike | None = None,
     if threshold is not None:
         threshold = check_threshold(threshold)
     folder = resolve_detector_path(path_or_name)
-    try:
-        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        name = meta["detector"]
-    except (json.JSONDecodeError, KeyError, OSError) as exc:
-        raise WeightsError(f"{folder / CONFIG_NAME}: unreadable detector config ({exc})") from exc
+    name = read_meta(folder / CONFIG_NAME)["detector"]
+    if name not in _DETECTORS:
+        raise ConfigError("detector", f"unknown detector {name!r} (known: {', '.join(available_detectors())})",
+                          folder / CONFIG_NAME)
     model = detector_class(name).from_folder(folder, device=device, dtype=dtype)
     if threshold is not None:
         model.config.threshold = threshold

@@ -3,12 +3,17 @@
 A file that cannot be decoded becomes a result with ``error`` set; the others are still scored.
 Each result also carries what the file's metadata says about its origin (see
 :mod:`diffsleuth.provenance`), read from the file's bytes beside, never instead of, the score.
+Memory is bounded by planning: every file's header is read first (:func:`probe_image`), and the
+files are decoded in groups whose decoded pixels stay under ``max_batch_pixels``; each decoded
+image is at once reduced to what the detector reads (:meth:`Detector.reduce_input`), so only
+model-sized images wait for the model.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from diffsleuth.provenance import DEFAULT_MAX_BYTES, Provenance, read_provenance, verdict_of
+from diffsleuth.io.decode import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, ImageDecodeError, Source, decode_image,
+                                  probe_image)
+from diffsleuth.io.guards import DEFAULT_MAX_BYTES, encode_path
+from diffsleuth.provenance import Provenance, read_provenance, verdict_of
 
 if TYPE_CHECKING:  # the CLI imports this module to build its options; torch loads with the detector
     from diffsleuth.detectors.base import Detector
@@ -25,10 +32,23 @@ if TYPE_CHECKING:  # the CLI imports this module to build its options; torch loa
 COLUMNS = ("path", "score", "label", "error")
 PROVENANCE_COLUMNS = ("threshold", "verdict", "declared", "provenance")
 
+DEFAULT_MAX_BATCH_PIXELS = 128_000_000
+"""Decoded pixels in flight at once by default: two images at the default pixel limit."""
+
 
 def row_columns(detector: Detector) -> list[str]:
     """The columns of every row this detector gives: the standard four, threshold and provenance, its extras."""
     return [*COLUMNS, *PROVENANCE_COLUMNS, *detector.extra_columns]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one scan accepts: bytes per file, pixels and aspect ratio per image, pixels in flight."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_aspect: float = DEFAULT_MAX_ASPECT
+    max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
 
 
 @dataclass
@@ -45,20 +65,40 @@ class ScanResult:
     """What the file's metadata says; None when provenance was not read."""
 
     def as_row(self) -> dict[str, Any]:
+        """The row; ``path`` (and any text) as :func:`encode_path` writes it, so any file name is valid text."""
         row = {"path": self.path, "score": self.score, "label": self.label, "error": self.error,
                "threshold": self.threshold, "verdict": verdict_of(self.provenance, self.label),
                "declared": self.provenance.declared if self.provenance else None,
                "provenance": self.provenance.summary if self.provenance else None}
         row.update({k: v for k, v in self.extras.items() if isinstance(v, (str, int, float, bool))})
-        return row
+        return {k: encode_path(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
-def decode_or_error(source: Path | bytes, max_pixels: int, name: str | None = None) -> Image.Image | ImageDecodeError:
+def decode_or_error(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None,
+                    limits: DecodeLimits | None = None) -> Image.Image | ImageDecodeError:
     """The decoded image, or the error that names why it could not be read."""
+    limits = limits or DecodeLimits(max_pixels=max_pixels)
     try:
-        return decode_image(source, max_pixels=max_pixels, name=name)
+        return decode_image(source, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
+                            max_aspect=limits.max_aspect, name=name)
     except ImageDecodeError as exc:
         return exc
+
+
+def _predict_each(detector: Detector, images: list[Image.Image], batch_size: int) -> list:
+    """Predictions for a batch; if the batch fails, each image alone, so one bad image costs one row."""
+    try:
+        return detector.predict(images, batch_size=batch_size)
+    except (RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError):
+        if len(images) == 1:
+            raise
+    out = []
+    for image in images:
+        try:
+            out.extend(detector.predict([image], batch_size=1))
+        except (RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
+            out.append(ImageDecodeError(None, f"the detector failed on this image ({type(exc).__name__}: {exc})"))
+    return out
 
 
 def score_decoded(detector: Detector, names: Sequence[str], decoded: Sequence[Image.Image | ImageDecodeError],
@@ -66,21 +106,80 @@ def score_decoded(detector: Detector, names: Sequence[str], decoded: Sequence[Im
     """One result per input, in order: decode errors become error rows, the images are scored in batches.
 
     ``provenance`` (one per input, from :func:`diffsleuth.provenance.read_provenance`) is attached
-    to the results as it is; labels are at the detector's ``config.threshold``.
+    to the results as it is; labels are at the detector's ``config.threshold``. A score that is
+    not a finite number becomes an error row too, so no row carries NaN.
     """
     images = [item for item in decoded if isinstance(item, Image.Image)]
-    predictions = iter(detector.predict(images, batch_size=batch_size) if images else [])
+    predictions = iter(_predict_each(detector, images, batch_size) if images else [])
     threshold = float(detector.config.threshold)
     found = list(provenance) if provenance is not None else [None] * len(names)
     results = []
     for name, item, prov in zip(names, decoded, found):
-        if isinstance(item, ImageDecodeError):
-            results.append(ScanResult(name, None, None, error=item.reason, threshold=threshold, provenance=prov))
+        pred = item if isinstance(item, ImageDecodeError) else next(predictions)
+        if isinstance(pred, ImageDecodeError):
+            results.append(ScanResult(name, None, None, error=pred.reason, threshold=threshold, provenance=prov))
+        elif not math.isfinite(pred.score):
+            results.append(ScanResult(name, None, None, error=f"the detector gave a non-finite score ({pred.score})",
+                                      threshold=threshold, provenance=prov))
         else:
-            pred = next(predictions)
             results.append(ScanResult(name, round(pred.score, 6), pred.label, extras=pred.extras,
                                       score_map=pred.score_map, threshold=threshold, provenance=prov))
     return results
+
+
+def plan_groups(costs: Sequence[int], budget: int, batch_size: int) -> list[list[int]]:
+    """Indices in order, grouped so each group's cost stays within ``budget`` (an item over the
+    budget on its own forms a group alone) and no group has more than ``batch_size`` items."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    spent = 0
+    for index, cost in enumerate(costs):
+        if current and (spent + cost > budget or len(current) >= batch_size):
+            groups.append(current)
+            current, spent = [], 0
+        current.append(index)
+        spent += cost
+    if current:
+        groups.append(current)
+    return groups
+
+
+def score_sources(detector: Detector, names: Sequence[str], sources: Sequence[Source],
+                  limits: DecodeLimits = DecodeLimits(), batch_size: int = 32,
+                  pool: Executor | None = None,
+                  provenance: Sequence[Provenance | None] | None = None) -> list[ScanResult]:
+    """One result per source, in order, with at most ``limits.max_batch_pixels`` decoded at once.
+
+    Headers are read first; a refused header is an error row without decoding. The rest are
+    decoded (in ``pool`` when given) group by group and reduced to what the detector reads.
+    """
+    run = pool.map if pool is not None else map
+
+    def probe(index: int) -> int | ImageDecodeError:
+        try:
+            return probe_image(sources[index], max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
+                               max_aspect=limits.max_aspect, name=names[index])
+        except ImageDecodeError as exc:
+            return exc
+
+    def prepare(index: int) -> Image.Image | ImageDecodeError:
+        decoded = decode_or_error(sources[index], name=names[index], limits=limits)
+        return decoded if isinstance(decoded, ImageDecodeError) else detector.reduce_input(decoded)
+
+    found = list(provenance) if provenance is not None else [None] * len(sources)
+    threshold = float(detector.config.threshold)
+    probes = list(run(probe, range(len(sources))))
+    results: list[ScanResult | None] = [
+        ScanResult(names[i], None, None, error=p.reason, threshold=threshold, provenance=found[i])
+        if isinstance(p, ImageDecodeError) else None for i, p in enumerate(probes)]
+    todo = [i for i, p in enumerate(probes) if not isinstance(p, ImageDecodeError)]
+    for group in plan_groups([probes[i] for i in todo], limits.max_batch_pixels, batch_size):
+        indices = [todo[g] for g in group]
+        decoded = list(run(prepare, indices))
+        scored = score_decoded(detector, [names[i] for i in indices], decoded, batch_size, [found[i] for i in indices])
+        for index, result in zip(indices, scored):
+            results[index] = result
+    return results  # type: ignore[return-value]
 
 
 def scan_paths(
@@ -92,20 +191,23 @@ def scan_paths(
     workers: int = 4,
     provenance: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    limits: DecodeLimits | None = None,
 ) -> Iterator[ScanResult]:
     """Yield one :class:`ScanResult` per path, in input order; ``on_progress(n)`` after each batch.
 
     With ``provenance`` each result carries what the file's metadata says (C2PA, generator
-    settings, IPTC, EXIF), read from at most ``max_bytes`` of the file.
+    settings, IPTC, EXIF), read from at most ``max_bytes`` of the file (``limits.max_bytes`` when
+    ``limits`` is given).
     """
+    limits = limits or DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes)
+
     def read(path: Path) -> Provenance | None:
-        return read_provenance(path, max_bytes=max_bytes) if provenance else None
+        return read_provenance(path, max_bytes=limits.max_bytes) if provenance else None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start:start + batch_size])
-            decoded = list(pool.map(lambda p: decode_or_error(p, max_pixels), chunk))
             found = list(pool.map(read, chunk))
-            yield from score_decoded(detector, [str(p) for p in chunk], decoded, batch_size, found)
+            yield from score_sources(detector, [str(p) for p in chunk], chunk, limits, batch_size, pool, found)
             if on_progress is not None:
                 on_progress(len(chunk))

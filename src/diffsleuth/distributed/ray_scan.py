@@ -16,7 +16,7 @@ import ray
 import torch
 
 from diffsleuth.detectors.registry import load_detector
-from diffsleuth.detectors.scanning import decode_or_error, row_columns, score_decoded
+from diffsleuth.detectors.scanning import DecodeLimits, row_columns, score_sources
 from diffsleuth.devices import resolve_dtype
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
@@ -61,10 +61,11 @@ class ScoreImages:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         names = [str(path) for path in batch["path"]]
-        decoded = [decode_or_error(bytes(data), self.settings.max_pixels, name=name)
-                   for name, data in zip(names, batch["bytes"])]
-        found = [read_provenance(bytes(data)) for data in batch["bytes"]]
-        rows = [result.as_row() for result in score_decoded(self.model, names, decoded, self.settings.batch_size, found)]
+        sources = [bytes(data) for data in batch["bytes"]]
+        found = [read_provenance(data) for data in sources]
+        results = score_sources(self.model, names, sources, DecodeLimits(max_pixels=self.settings.max_pixels),
+                                self.settings.batch_size, provenance=found)
+        rows = [result.as_row() for result in results]
         return {column: [row.get(column) for row in rows] for column in self.columns}
 
 

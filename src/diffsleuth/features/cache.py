@@ -17,10 +17,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffsleuth.io.guards import open_regular
+
 
 def content_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a regular file's bytes; raises :class:`InputError` (an OSError) for anything else."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
+    with open_regular(path, max_bytes=1 << 62) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -16,6 +16,7 @@ from PIL import Image
 from diffsleuth.features.cache import FeatureCache, content_hash
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from diffsleuth.io.guards import os_reason
 from diffsleuth.io.degrade import parse_degradation
 from diffsleuth.progress import echo, progress as progress_bar
 from diffsleuth.registry import LazyRegistry
@@ -97,7 +98,11 @@ def extract_records(
     report = ExtractionReport()
     pending: list[tuple[str, ImageRecord]] = []
     for record in records:
-        key = content_hash(record.path)
+        try:
+            key = content_hash(record.path)
+        except OSError as exc:
+            report.failed.append((str(record.path), getattr(exc, "reason", None) or os_reason(exc)))
+            continue
         if key in cache:
             report.cached += 1
         else:
@@ -121,6 +126,14 @@ def extract_records(
     return report
 
 
+def _hash_or_none(path) -> str | None:
+    """The content hash, or None for a file that vanished or changed kind since extraction."""
+    try:
+        return content_hash(path)
+    except OSError:
+        return None
+
+
 def extract_splits(
     extractor: FeatureExtractor,
     splits: dict[str, list[ImageRecord]],
@@ -138,6 +151,6 @@ def extract_splits(
     for path, reason in report.failed:
         echo(f"skipping {path}: {reason}")
     echo(f"features: {report.computed} computed, {report.cached} cached -> {cache.directory}")
-    keyed = {name: [(r, content_hash(r.path)) for r in part if str(r.path) not in failed]
+    keyed = {name: [(r, key) for r in part if str(r.path) not in failed and (key := _hash_or_none(r.path))]
              for name, part in splits.items()}
     return cache, keyed

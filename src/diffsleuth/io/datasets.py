@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from diffsleuth.io.guards import path_kind, walk_images
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".mpo"}
 )
@@ -171,25 +173,26 @@ def load_records(source: str | os.PathLike, layout: str = "auto") -> list[ImageR
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given, folders recursively (image extensions only), globs expanded.
 
-    A named file is kept whatever its extension, so that a wrong or missing file still becomes an
-    error row instead of silently vanishing. Order is stable and duplicates are dropped.
+    A named file is kept whatever its extension (or its kind: a FIFO or a link to nothing), so
+    that a wrong or missing file still becomes an error row instead of silently vanishing; so is a
+    folder that cannot be listed, found or named. Never raises for a path it cannot read. Order is
+    stable and duplicates are dropped.
     """
     seen: dict[Path, None] = {}
     for item in inputs:
-        text = str(item)
+        text = os.fspath(item)
         path = Path(text)
-        if path.is_dir():
-            for found in _images_under(path):
-                seen.setdefault(found, None)
-        elif path.exists() or not glob.has_magic(text):
+        kind = path_kind(path)
+        if kind == "dir":
+            seen.update(dict.fromkeys(walk_images(path, IMAGE_EXTENSIONS)))
+        elif kind == "file" or not glob.has_magic(text):
             seen.setdefault(path, None)
         else:
             for match in sorted(glob.glob(text, recursive=True)):
                 candidate = Path(match)
-                if candidate.is_dir():
-                    for found in _images_under(candidate):
-                        seen.setdefault(found, None)
-                elif candidate.is_file():
+                if path_kind(candidate) == "dir":
+                    seen.update(dict.fromkeys(walk_images(candidate, IMAGE_EXTENSIONS)))
+                else:
                     seen.setdefault(candidate, None)
     return list(seen)
 

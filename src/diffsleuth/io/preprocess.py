@@ -28,11 +28,11 @@ class PreprocessConfig:
     mean 0.5/std 0.5 gives [-1, 1].
     """
 
-    size: int = 256
+    size: int = field(default=256, metadata={"range": (1, 8192)})
     policy: str = "resize"
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5), metadata={"range": (1e-6, None)})
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -44,24 +44,46 @@ class PreprocessConfig:
         self.std = tuple(self.std)
 
 
-def pad_to(image: Image.Image, size: int) -> Image.Image:
-    """Pad symmetrically with reflection to at least size x size (no resampling)."""
-    if image.width >= size and image.height >= size:
-        return image
-    array = np.asarray(image)
+def _padding(image: Image.Image, size: int) -> tuple[int, int, str]:
+    """Rows and columns :func:`pad_to` adds, and the numpy pad mode it uses."""
     pad_h = max(0, size - image.height)
     pad_w = max(0, size - image.width)
     mode = "reflect" if pad_h < image.height and pad_w < image.width else "edge"
-    array = np.pad(array, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
+    return pad_h, pad_w, mode
+
+
+def _pad(image: Image.Image, pad_h: int, pad_w: int, mode: str) -> Image.Image:
+    if not pad_h and not pad_w:
+        return image
+    array = np.pad(np.asarray(image), ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
                    mode=mode)
     return Image.fromarray(array)
 
 
+def pad_to(image: Image.Image, size: int) -> Image.Image:
+    """Pad symmetrically with reflection to at least size x size (no resampling).
+
+    This pads the whole image: a 2 x 30,000,000 image would become 256 x 30,000,000. To take a
+    window of the padded image, use :func:`padded_crop`, which pads only the window.
+    """
+    return _pad(image, *_padding(image, size))
+
+
+def padded_crop(image: Image.Image, size: int, left: int, top: int) -> Image.Image:
+    """The size x size window at (``left``, ``top``) of ``pad_to(image, size)``, padding only the window.
+
+    Pixel for pixel what cropping the padded image gives: along an axis that needs padding the
+    window spans the whole padded axis, and padding each axis commutes with cropping the other.
+    """
+    pad_h, pad_w, mode = _padding(image, size)
+    x0, x1 = (0, image.width) if pad_w else (left, left + size)
+    y0, y1 = (0, image.height) if pad_h else (top, top + size)
+    return _pad(image.crop((x0, y0, x1, y1)), pad_h, pad_w, mode)
+
+
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    image = pad_to(image, size)
-    left = (image.width - size) // 2
-    top = (image.height - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    width, height = max(image.width, size), max(image.height, size)
+    return padded_crop(image, size, (width - size) // 2, (height - size) // 2)
 
 
 def geometry(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:

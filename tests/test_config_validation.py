@@ -1,0 +1,85 @@
+"""A saved detector's config.json is validated on load: a bad one is exit 2 naming the field."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from diffsleuth.cli.app import EXIT_USAGE
+from diffsleuth.cli.main import app
+from diffsleuth.detectors import load_detector
+from diffsleuth.detectors.scanning import score_decoded
+from diffsleuth.settings import ConfigError, config_from_dict
+from imagefiles import write_good_files
+from toy_detector import ToyConfig, saved_toy
+
+runner = CliRunner()
+
+BAD = {
+    "NaN threshold": (lambda m: m["config"].update(threshold=math.nan), "config.threshold", "finite"),
+    "threshold over 1": (lambda m: m["config"].update(threshold=1.5), "config.threshold", "between 0.0 and 1.0"),
+    "Infinity in a list": (lambda m: m["config"]["preprocess"].update(mean=[0.5, math.inf, 0.5]),
+                           "config.preprocess.mean[1]", "finite"),
+    "string for an int": (lambda m: m["config"].update(hidden="4"), "config.hidden", "whole number"),
+    "zero size": (lambda m: m["config"]["preprocess"].update(size=0), "config.preprocess.size", "between 1"),
+    "zero std": (lambda m: m["config"]["preprocess"].update(std=[0.5, 0, 0.5]), "config.preprocess.std", "at least"),
+    "short tuple": (lambda m: m["config"]["preprocess"].update(std=[0.5]), "config.preprocess.std", "3 items"),
+    "unknown policy": (lambda m: m["config"]["preprocess"].update(policy="zoom"), "config.preprocess", "zoom"),
+    "unknown setting": (lambda m: m["config"].update(colour=1), "config", "unknown config keys ['colour']"),
+    "unknown top key": (lambda m: m.update(extra=1), "config.json", "unknown keys ['extra']"),
+    "unknown detector": (lambda m: m.update(detector="nope"), "detector", "unknown detector 'nope'"),
+    "config not an object": (lambda m: m.update(config=[1]), "config", "wrong type"),
+    "negative width": (lambda m: m["config"].update(hidden=-2), "config", "cannot build"),
+}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return saved_toy(tmp_path_factory.mktemp("toy") / "toy")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    return write_good_files(tmp_path_factory.mktemp("img"))["png"]
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_is_refused_naming_the_field(case, toy, image, tmp_path):
+    edit, field, words = BAD[case]
+    folder = shutil.copytree(toy, tmp_path / "model")
+    meta = json.loads((folder / "config.json").read_text())
+    edit(meta)
+    (folder / "config.json").write_text(json.dumps(meta))  # json writes NaN/Infinity as Python reads them
+    with pytest.raises(ConfigError) as info:
+        load_detector(folder)
+    assert field in str(info.value) and words in str(info.value)
+    result = runner.invoke(app, ["scan", str(image), "--detector", str(folder)])
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
+    assert field in " ".join(result.output.split()).replace(" ", "") or field in result.output
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", "null"])
+def test_config_that_is_not_a_json_object_is_refused(text, toy, image, tmp_path):
+    folder = shutil.copytree(toy, tmp_path / "model")
+    (folder / "config.json").write_text(text)
+    result = runner.invoke(app, ["scan", str(image), "--detector", str(folder)])
+    assert result.exit_code == EXIT_USAGE and "config.json" in result.output and "Traceback" not in result.output
+
+
+def test_valid_settings_still_load_and_ints_pass_for_floats():
+    config = config_from_dict(ToyConfig, {"threshold": 1, "preprocess": {"size": 16, "mean": [0, 0, 0]}})
+    assert config.threshold == 1 and config.preprocess.mean == (0, 0, 0) and config.preprocess.size == 16
+
+
+def test_non_finite_score_becomes_an_error_row(toy):
+    model = load_detector(toy)
+    from diffsleuth.detectors.base import Prediction
+    from conftest import random_photo
+
+    model.predict = lambda images, batch_size=32: [Prediction(score=math.nan, label="real") for _ in images]
+    (row,) = score_decoded(model, ["x.png"], [random_photo(0)])
+    assert row.score is None and "non-finite" in row.error

@@ -1,0 +1,194 @@
+"""The service against hostile clients, on a real uvicorn server bound to 127.0.0.1 (port 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import random_photo
+from imagefiles import thin_png
+from toy_detector import saved_toy
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from diffsleuth.detectors import load_detector  # noqa: E402
+from diffsleuth.server.app import create_app  # noqa: E402
+from diffsleuth.server.limits import ServiceLimits, uvicorn_config  # noqa: E402
+
+
+def _png(seed: int, size=(24, 20)) -> bytes:
+    buffer = io.BytesIO()
+    random_photo(seed, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def serving(app, limits: ServiceLimits):
+    """Run ``app`` with uvicorn in a thread; yield its base URL."""
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, limits, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return load_detector(saved_toy(tmp_path_factory.mktemp("toy") / "toy"))
+
+
+def _raw(port: int, head: bytes, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_declared_huge_body_is_refused_before_reading(toy):
+    limits = ServiceLimits(max_request_bytes=1024 * 1024)
+    with serving(create_app(toy, limits=limits), limits) as (_, port):
+        started = time.monotonic()
+        answer = _raw(port, b"POST /v1/scan HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                            b"Content-Length: 2147483648\r\n\r\n")
+        assert time.monotonic() - started < 1.0
+        assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_chunked_body_is_cut_at_the_limit(toy):
+    limits = ServiceLimits(max_request_bytes=64 * 1024)
+
+    def body():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(64):  # 4 MiB, never finished
+            yield b"\0" * 65536
+
+    with serving(create_app(toy, limits=limits), limits) as (url, _):
+        response = httpx.post(f"{url}/v1/scan", content=body(),
+                              headers={"content-type": "multipart/form-data; boundary=b"}, timeout=30)
+        assert response.status_code == 413 and "over the limit" in response.json()["detail"]
+
+
+def test_incomplete_request_head_is_closed_after_the_header_timeout(toy):
+    limits = ServiceLimits(header_timeout=0.5)
+    with serving(create_app(toy, limits=limits), limits) as (_, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # the blank line never comes
+            started = time.monotonic()
+            assert sock.recv(1024) == b""  # closed by the server, not by our 10 s timeout
+            assert time.monotonic() - started < 8
+
+
+def test_health_answers_fast_under_forty_concurrent_uploads(toy):
+    model = toy
+    predict = model.predict
+
+    def slow_predict(images, batch_size=32):
+        time.sleep(0.05)  # a detector slower than the toy, so scans overlap
+        return predict(images, batch_size=batch_size)
+
+    model.predict = slow_predict
+    limits = ServiceLimits(max_concurrent=2, max_queue=40)
+    files = [("files", (f"{i}.png", _png(i), "image/png")) for i in range(4)]
+
+    async def clients(url: str) -> tuple[list[float], list[int]]:
+        """40 uploads at once and a /health poller, all on one event loop (one client thread)."""
+        health_times: list[float] = []
+        done, polling = asyncio.Event(), asyncio.Event()
+
+        async def poll_health() -> None:
+            async with httpx.AsyncClient(timeout=10) as client:
+                await client.get(f"{url}/health")  # connect before the burst: measure answers, not set-up
+                polling.set()
+                while not done.is_set():
+                    started = time.monotonic()
+                    assert (await client.get(f"{url}/health")).status_code == 200
+                    health_times.append(time.monotonic() - started)
+                    await asyncio.sleep(0.02)
+
+        async def upload(client: httpx.AsyncClient) -> int:
+            response = await client.post(f"{url}/v1/scan", files=files)
+            if response.status_code == 200:
+                assert [r["path"] for r in response.json()] == [f"{i}.png" for i in range(4)]
+            else:
+                assert response.headers.get("retry-after")
+            return response.status_code
+
+        poller = asyncio.create_task(poll_health())
+        await polling.wait()
+        limits_ = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(timeout=120, limits=limits_) as client:
+            statuses = await asyncio.gather(*(upload(client) for _ in range(40)))
+        done.set()
+        await poller
+        return health_times, list(statuses)
+
+    try:
+        with serving(create_app(model, limits=limits), limits) as (url, _):
+            health_times, statuses = asyncio.run(clients(url))
+    finally:
+        model.predict = predict
+    assert len(statuses) == 40 and set(statuses) <= {200, 503} and statuses.count(200) >= 2
+    assert len(health_times) >= 5 and max(health_times) < 1.0
+
+
+def test_full_queue_answers_503_with_retry_after(toy):
+    model = toy
+    predict, entered, release = model.predict, threading.Event(), threading.Event()
+
+    def blocked_predict(images, batch_size=32):
+        entered.set()
+        release.wait(30)
+        return predict(images, batch_size=batch_size)
+
+    model.predict = blocked_predict
+    limits = ServiceLimits(max_concurrent=1, max_queue=0, retry_after=7)
+    files = [("files", ("a.png", _png(1), "image/png"))]
+    try:
+        with serving(create_app(model, limits=limits), limits) as (url, _):
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                first = pool.submit(httpx.post, f"{url}/v1/scan", files=files, timeout=60)
+                assert entered.wait(30)
+                second = httpx.post(f"{url}/v1/scan", files=files, timeout=60)
+                release.set()
+                assert first.result().status_code == 200
+            assert second.status_code == 503 and second.headers["retry-after"] == "7"
+    finally:
+        release.set()
+        model.predict = predict
+
+
+def test_thin_upload_is_an_error_row_and_an_oversized_file_is_413(toy):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(toy))
+    files = [("files", ("thin.png", thin_png(2, 30_000_000), "image/png")),
+             ("files", ("ok.png", _png(1), "image/png"))]
+    response = client.post("/v1/scan", files=files)
+    assert response.status_code == 200
+    thin, ok = response.json()
+    assert thin["score"] is None and "aspect ratio over 50:1" in thin["error"] and "2 x 30000000" in thin["error"]
+    assert ok["error"] is None and 0 <= ok["score"] <= 1
+    small = TestClient(create_app(toy, limits=ServiceLimits(max_file_bytes=150_000)))
+    assert small.post("/v1/scan", files=files).status_code == 413
