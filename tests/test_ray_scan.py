@@ -106,3 +106,30 @@ def test_resume_scores_only_the_inputs_missing_from_the_folder(local_ray, mixed,
     assert sorted(new_rows["path"]) == [str(p) for p in broken]
     rows = read_rows(out, "csv")
     assert rows.index.is_unique and sorted(rows.index) == sorted(str(p) for p in good + broken)
+
+
+def test_any_file_name_and_a_fifo_get_their_rows(local_ray, tmp_path):
+    import os
+
+    from diffsleuth.io.guards import decode_path
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    source = sorted(write_good_files(tmp_path / "good").values())[0].read_bytes()
+    names = [b"cr\r.png", b"lf\n.png", b"bad\xff\xfe.png", b"back\\udcff.png"]
+    for name in names:
+        with open(os.path.join(os.fsencode(folder), name), "wb") as handle:
+            handle.write(source)
+    os.mkfifo(folder / "fifo.jpg")
+    out = tmp_path / "rows"
+    args = ["scan-ray", str(folder), "--output", str(out), "--actors", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    rows = pd.concat([pd.read_csv(f, keep_default_na=False) for f in sorted(out.iterdir())])
+    paths = sorted(os.fsencode(decode_path(p)) for p in rows["path"])
+    expected = sorted([os.path.join(os.fsencode(folder), n) for n in names] + [os.fsencode(folder / "fifo.jpg")])
+    assert paths == expected
+    errors = dict(zip(rows["path"], rows["error"]))
+    assert "FIFO" in errors[str(folder / "fifo.jpg")] and sum(1 for e in errors.values() if e) == 1
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == EXIT_PARTIAL and "5 rows already there" in said(resumed), resumed.output

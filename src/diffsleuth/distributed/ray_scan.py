@@ -7,6 +7,7 @@ the very code ``diffsleuth scan`` uses, so a row here equals that command's row 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from diffsleuth.detectors.scanning import DecodeLimits, row_columns, score_sourc
 from diffsleuth.devices import resolve_dtype
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.io.guards import decode_path, encode_path, path_kind
 from diffsleuth.provenance import read_provenance
 
 
@@ -60,9 +62,13 @@ class ScoreImages:
         self.columns = row_columns(self.model)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        names = [str(path) for path in batch["path"]]
-        sources = [bytes(data) for data in batch["bytes"]]
-        found = [read_provenance(data) for data in sources]
+        if "bytes" in batch:  # URIs: Ray read the bytes
+            names = [str(path) for path in batch["path"]]
+            sources = [bytes(data) for data in batch["bytes"]]
+        else:  # local files: read here, with the same guards as `diffsleuth scan` (a FIFO never blocks)
+            names = [decode_path(str(path)) for path in batch["path"]]
+            sources = [Path(name) for name in names]
+        found = [read_provenance(source) for source in sources]
         results = score_sources(self.model, names, sources, DecodeLimits(max_pixels=self.settings.max_pixels),
                                 self.settings.batch_size, provenance=found)
         rows = [result.as_row() for result in results]
@@ -86,10 +92,10 @@ def resolve_sources(inputs: Sequence[str]) -> list[str]:
         found = expand_inputs([item])
         if not found:
             raise RayScanError(f"no image files found in {item}")
-        missing = [path for path in found if not path.is_file()]
+        missing = [path for path in found if path_kind(path) == "missing"]
         if missing:
             raise RayScanError(f"no such file: {missing[0]}")
-        files.update((str(path.resolve()), None) for path in found)
+        files.update((os.path.abspath(path), None) for path in found)
     return list(files)
 
 
@@ -111,18 +117,22 @@ def scan_dataset(inputs: Sequence[str], settings: ActorSettings, actors: int | N
     """
     sources = resolve_sources(inputs)
     remote = is_uri(sources[0])
-    if not remote:
-        sources = [source for source in sources if source not in done]
-        if not sources:
-            return None
-    extensions = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS) if remote else None
     pool = actors or default_actors(settings, cpus_per_actor)
-    # Reading only moves bytes (actors decode), and a read task that waits for a CPU the actors
-    # hold would never run: reads reserve no CPU, and as many run at once as there are actors.
-    files = ray.data.read_binary_files(sources, include_paths=True, file_extensions=extensions,
-                                       concurrency=pool, num_cpus=0)
-    if remote and done:
-        files = files.filter(lambda row: row["path"] not in done, num_cpus=0)
+    if remote:
+        extensions = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+        # Reading only moves bytes (actors decode), and a read task that waits for a CPU the actors
+        # hold would never run: reads reserve no CPU, and as many run at once as there are actors.
+        files = ray.data.read_binary_files(sources, include_paths=True, file_extensions=extensions,
+                                           concurrency=pool, num_cpus=0)
+        if done:
+            files = files.filter(lambda row: row["path"] not in done, num_cpus=0)
+    else:
+        # Local files are named, not read, here: Arrow's file system takes only UTF-8 names, and the
+        # actors read each file with the scan's guards. Names travel as row text (encode_path).
+        todo = [name for name in map(encode_path, sources) if name not in done]
+        if not todo:
+            return None
+        files = ray.data.from_items([{"path": name} for name in todo])
     return files.map_batches(
         ScoreImages,
         fn_constructor_args=(settings,),
@@ -146,8 +156,13 @@ def write_rows(rows: ray.data.Dataset, output: str, fmt: str) -> None:
 def read_columns(output: str, fmt: str, columns: list[str]) -> Iterator[Any]:
     """Pandas batches of ``columns`` from the row files under ``output``."""
     reader = {"csv": ray.data.read_csv, "jsonl": ray.data.read_json, "parquet": ray.data.read_parquet}[fmt]
+    options = {}
+    if fmt == "csv":  # a file name may hold CR or LF: Arrow writes such a field quoted
+        import pyarrow.csv
+
+        options["parse_options"] = pyarrow.csv.ParseOptions(newlines_in_values=True)
     try:
-        yield from reader(output, num_cpus=0).select_columns(columns).iter_batches(batch_format="pandas")
+        yield from reader(output, num_cpus=0, **options).select_columns(columns).iter_batches(batch_format="pandas")
     except Exception as exc:  # Ray wraps reader errors in many types; all mean the same here.
         raise RayScanError(f"{output}: row files that are not {fmt} scan rows ({type(exc).__name__}); "
                            "use another folder") from exc

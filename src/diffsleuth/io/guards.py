@@ -157,8 +157,8 @@ def encode_path(name: str) -> str:
     Bytes of a name that are not UTF-8 reach Python as lone surrogates (``os.fsdecode``'s
     surrogateescape); each is written as the six characters ``\\udcXX`` (XX = the byte in hex; any
     other lone surrogate likewise as ``\\uXXXX``). A backslash that would read as such an escape
-    is written ``\\u005c``. Other names, CR and LF
-    included, are unchanged (CSV quotes them, JSON escapes them). :func:`decode_path` inverts it.
+    is written ``\\u005c``. Everything else, CR and LF included, is unchanged (CSV quotes such
+    fields, JSON escapes them). :func:`decode_path` inverts it.
     """
     return _NEEDS_ESCAPE.sub(lambda m: "\\u005c" if m.group() == "\\" else f"\\u{ord(m.group()):04x}", name)
 
