@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import struct
 import warnings
 import zlib
-from pathlib import Path
 
 from PIL import Image
+
+from diffsleuth.io.guards import InputError, read_regular_file
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """Largest file read for provenance when the caller gives no limit."""
@@ -42,20 +42,10 @@ def read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
         if len(data) > max_bytes:
             raise ProvenanceInputError(f"{len(data)} bytes, over the limit of {max_bytes}")
         return data
-    path = Path(source)
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise ProvenanceInputError(f"cannot read file ({exc.strerror or exc})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise ProvenanceInputError("not a regular file")
-    if info.st_size > max_bytes:
-        raise ProvenanceInputError(f"{info.st_size} bytes, over the limit of {max_bytes}")
-    with path.open("rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ProvenanceInputError(f"grew past the limit of {max_bytes} bytes while being read")
-    return data
+    try:  # the scan's guarded read: regular files only, never opened blocking, read in bounded chunks
+        return read_regular_file(source, max_bytes)
+    except InputError as exc:
+        raise ProvenanceInputError(exc.reason) from exc
 
 
 def _inflate(data: bytes) -> str | None:

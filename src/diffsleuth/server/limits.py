@@ -78,7 +78,7 @@ class LimitsMiddleware:
                 await _respond(send, 400, "invalid Content-Length")
                 return
             if int(declared) > limit:
-                await _respond(send, 413, f"request body of {int(declared)} bytes is over the limit of {limit}")
+                await _respond(send, 413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
                 return
         if scope["path"] not in self.queued_paths:
             await self._bounded(scope, receive, send)
