@@ -38,8 +38,10 @@ class WeightsError(ValueError):
     """Weights on disk are missing, tampered with, pickled, or do not fit the model."""
 
 
-META_KEYS = {"detector": str, "config": dict, "weights_sha256": (str, type(None)), "metadata": dict}
-"""The keys of a saved ``config.json`` and their JSON types; ``metadata`` is free-form."""
+META_KEYS = {"detector": str, "config": dict, "weights_sha256": (str, type(None)), "calibration": dict,
+             "metadata": dict}
+"""The keys of a saved ``config.json`` and their JSON types; ``calibration`` (written by
+``diffsleuth calibrate``) and ``metadata`` are records, not settings."""
 
 
 def read_meta(path: Path) -> dict[str, Any]:

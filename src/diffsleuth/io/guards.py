@@ -60,7 +60,7 @@ def _refusal(path: str | os.PathLike, mode: int) -> str:
                 pass
         except OSError as exc:
             return f"directory could not be listed ({os_reason(exc)})"
-        return "is a directory, not an image file"
+        return "is a directory, not a regular file"
     return f"is {kind}, not a regular file; only regular files are read"
 
 

@@ -45,7 +45,7 @@ def read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
     try:  # the scan's guarded read: regular files only, never opened blocking, read in bounded chunks
         return read_regular_file(source, max_bytes)
     except InputError as exc:
-        raise ProvenanceInputError(exc.reason) from exc
+        raise ProvenanceInputError(f"cannot read file ({exc.reason})") from exc
 
 
 def _inflate(data: bytes) -> str | None:
