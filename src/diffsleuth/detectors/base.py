@@ -294,6 +294,8 @@ class Detector(nn.Module):
         try:
             model = cls.from_config(config, device="cpu", pretrained=False)
         except (ValueError, TypeError, RuntimeError) as exc:
+            if type(exc).__module__.startswith("diffsleuth."):
+                raise  # the project's own typed errors (weights unavailable, ...) already say why
             raise ConfigError("config", f"cannot build a {cls.name!r} detector from it ({exc})", source) from exc
         model.load_weights(state, str(directory / WEIGHTS_NAME))
         return model.to(resolve_device(device), dtype=dtype).eval()
