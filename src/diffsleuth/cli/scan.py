@@ -73,7 +73,7 @@ def scan(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
-    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images larger than this (decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     max_bytes: Annotated[int, typer.Option(min=1, help="Refuse files larger than this many bytes, before reading them.")] = DEFAULT_MAX_BYTES,
     max_batch_pixels: Annotated[int, typer.Option(
         min=1, help="Decoded pixels in memory at once; a batch of large images is decoded in smaller groups.")] = DEFAULT_MAX_BATCH_PIXELS,
