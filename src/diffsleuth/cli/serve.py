@@ -49,6 +49,7 @@ def serve(
         from diffsleuth.server.app import create_app
     except ImportError as exc:
         raise fail_usage(f"the server needs its extra: pip install 'diffsleuth[server]' ({exc})") from exc
+    from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
     from diffsleuth.detectors.base import WeightsError
     from diffsleuth.detectors.registry import load_detector, resolve_detector_path
     from diffsleuth.devices import resolve_device, resolve_dtype
@@ -63,7 +64,7 @@ def serve(
         model = load_detector(detector, device=torch_device, dtype=resolve_dtype(torch_device, precision),
                               threshold=threshold)
         card = resolve_detector_path(detector) / "MODEL_CARD.md"
-    except (ValueError, KeyError, WeightsError) as exc:
+    except (ValueError, KeyError, WeightsError, WeightsUnavailableError) as exc:
         raise fail_usage(str(exc)) from exc
     service = create_app(model, max_pixels=max_pixels, limits=limits, max_batch_pixels=max_batch_pixels,
                          model_card=card, provenance=provenance)
