@@ -146,3 +146,15 @@ def test_a_failing_provenance_reader_is_reported_and_the_row_still_scored(images
     (row,) = scan_json(str(images["a1111_png"]), "--detector", str(toy))
     assert row["score"] == plain["score"] and row["error"] is None and row["label"] in ("generated", "real")
     assert row["provenance"] == "not read: metadata (RuntimeError: boom)" and row["declared"] is None
+
+
+def test_predict_on_files_carries_their_provenance(toy, images):
+    model = load_detector(toy)
+    from_path, from_bytes, from_pixels = model.predict(
+        [images["a1111_png"], images["a1111_png"].read_bytes(), decode_image(images["a1111_png"])])
+    for prediction in (from_path, from_bytes):
+        assert prediction.provenance.declared == "generated" and prediction.verdict == "generated (declared)"
+    assert from_pixels.provenance is None and from_pixels.verdict == from_pixels.label
+    assert from_pixels.score == pytest.approx(from_path.score, abs=1e-6)
+    (skipped,) = model.predict(str(images["a1111_png"]), provenance=False)
+    assert skipped.provenance is None and skipped.verdict == skipped.label

@@ -27,7 +27,8 @@ from diffsleuth.settings import ConfigError, config_from_dict, config_to_dict, l
 from diffsleuth.devices import resolve_device
 from diffsleuth.io.preprocess import PreprocessConfig, geometry, preprocess_batch
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
-from diffsleuth.io.inputs import ImageInput, as_rgb_images
+from diffsleuth.io.inputs import ImageInput, as_rgb_images, input_list, is_file_input
+from diffsleuth.provenance import Provenance, read_provenance, verdict_of
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -76,6 +77,13 @@ class Prediction:
     label: str
     extras: dict[str, Any] = field(default_factory=dict)
     score_map: np.ndarray | None = None
+    provenance: Provenance | None = None
+    """What the file's metadata says (:mod:`diffsleuth.provenance`), for path and bytes inputs; else None."""
+
+    @property
+    def verdict(self) -> str:
+        """``generated (declared)`` when the file's metadata declares generation, else ``label``."""
+        return verdict_of(self.provenance, self.label)
 
 
 @dataclass
@@ -197,7 +205,8 @@ class Detector(nn.Module):
         return torch.sigmoid(logits).cpu(), [{} for _ in images]
 
     def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
-                threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+                threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                provenance: bool = True) -> list[Prediction]:
         """Score images; one :class:`Prediction` per image, in input order (batches internally).
 
         ``images`` is one image or a list of them, each a file path (str or PathLike), the bytes of
@@ -208,10 +217,13 @@ class Detector(nn.Module):
         ``detector.predict("photo.jpg")[0].score``.
 
         ``threshold`` labels at that value (0..1) instead of the stored ``config.threshold``;
-        scores do not depend on it.
+        scores do not depend on it. For path and bytes inputs, ``provenance`` also reads the file's
+        metadata into :attr:`Prediction.provenance` (and so :attr:`Prediction.verdict`).
         """
         threshold = self.config.threshold if threshold is None else check_threshold(threshold)
-        images = as_rgb_images(images, max_pixels=max_pixels)
+        items = input_list(images)
+        images = as_rgb_images(items, max_pixels=max_pixels)
+        found = [read_provenance(item) if provenance and is_file_input(item) else None for item in items]
         was_training = self.training
         self.eval()
         out: list[Prediction] = []
@@ -223,7 +235,8 @@ class Detector(nn.Module):
                     label = GENERATED if p >= threshold else REAL_LABEL
                     score_map = extra.pop("score_map", None)
                     out.append(Prediction(score=float(p), label=label, extras=extra,
-                                          score_map=None if score_map is None else np.asarray(score_map, np.float32)))
+                                          score_map=None if score_map is None else np.asarray(score_map, np.float32),
+                                          provenance=found[len(out)]))
         finally:
             self.train(was_training)
         return out

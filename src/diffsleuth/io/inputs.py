@@ -51,8 +51,17 @@ def as_rgb_image(item: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, index: 
                     "or an HxWx3 uint8 array")
 
 
+def input_list(inputs: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """One input or a sequence of them (an NxHxWx3 array is N images) as a list of inputs."""
+    return [inputs] if _is_single(inputs) else list(inputs)  # type: ignore[list-item, arg-type]
+
+
+def is_file_input(item: object) -> bool:
+    """Whether ``item`` is a file (a path or encoded bytes), whose metadata can be read, not only pixels."""
+    return isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview))
+
+
 def as_rgb_images(inputs: ImageInput | Sequence[ImageInput],
                   max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Image.Image]:
     """One input or a sequence of them (an NxHxWx3 array is N images) as a list of RGB PIL images."""
-    items = [inputs] if _is_single(inputs) else list(inputs)  # type: ignore[arg-type]
-    return [as_rgb_image(item, max_pixels, i) for i, item in enumerate(items)]
+    return [as_rgb_image(item, max_pixels, i) for i, item in enumerate(input_list(inputs))]

@@ -10,7 +10,7 @@ never its decoded pixels, and never changes a detector's score.
     >>> found.declared, found.source, found.validation, found.summary
 """
 
-from diffsleuth.provenance.containers import DEFAULT_MAX_BYTES
+from diffsleuth.io.guards import DEFAULT_MAX_BYTES
 from diffsleuth.provenance.reader import read_provenance
 from diffsleuth.provenance.result import (
     AI_EDITED,

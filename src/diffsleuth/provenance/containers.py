@@ -18,9 +18,6 @@ import zlib
 from PIL import Image
 
 from diffsleuth.io.guards import InputError, read_regular_file
-
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-"""Largest file read for provenance when the caller gives no limit."""
 MAX_TEXT_BYTES = 8 * 1024 * 1024
 """Largest decompressed text chunk kept (a ComfyUI workflow is typically well under 1 MB)."""
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

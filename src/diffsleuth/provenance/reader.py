@@ -11,7 +11,8 @@ import os
 from collections.abc import Callable
 
 from diffsleuth.provenance.c2pa_reader import c2pa_evidence
-from diffsleuth.provenance.containers import DEFAULT_MAX_BYTES, ProvenanceInputError, metadata_fields, read_bounded
+from diffsleuth.io.guards import DEFAULT_MAX_BYTES
+from diffsleuth.provenance.containers import ProvenanceInputError, metadata_fields, read_bounded
 from diffsleuth.provenance.patterns import camera_evidence, generator_evidence, xmp_evidence
 from diffsleuth.provenance.result import Evidence, Provenance
 
