@@ -119,3 +119,16 @@ def test_a_missing_extra_is_a_usage_error_naming_it(tmp_path, monkeypatch):
     result = runner.invoke(app, ["audit", str(tmp_path)])
     assert result.exit_code == 2
     assert "pip install 'diffsleuth[eval]'" in flat(result.output) and "no_such_module_for_this_test" in result.output
+
+
+def test_quiet_scan_prints_results_and_errors_only(tmp_path):
+    from conftest import random_photo
+
+    random_photo(0).save(tmp_path / "a.png")
+    out = tmp_path / "rows.csv"
+    loud = runner.invoke(app, ["scan", str(tmp_path / "a.png"), "--format", "csv", "--output", str(out)])
+    assert loud.exit_code == EXIT_OK and "wrote 1 rows" in loud.stderr
+    quiet = runner.invoke(app, ["-q", "scan", str(tmp_path / "a.png"), "--format", "csv", "--output", str(out)])
+    assert quiet.exit_code == EXIT_OK and quiet.stderr == "" and len(out.read_text().splitlines()) == 2
+    failed = runner.invoke(app, ["-q", "scan", str(tmp_path / "a.png"), "--detector", str(tmp_path / "no-such-model")])
+    assert failed.exit_code == 2 and "error:" in failed.stderr

