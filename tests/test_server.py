@@ -48,7 +48,9 @@ def test_scan_endpoint_gives_the_rows_the_cli_gives(tmp_path):
     client = TestClient(create_app(load_detector()))
     (served,) = client.post("/v1/scan", files=[("files", ("photo.png", image.read_bytes(), "image/png"))]).json()
     (scanned,) = json.loads(CliRunner().invoke(app, ["scan", str(image), "--format", "json"]).stdout)
-    assert served == {**scanned, "path": "photo.png", "score_map": None}
+    grid = served["score_map"]  # the default reads crops: a small image is one cell
+    assert served == {**scanned, "path": "photo.png", "score_map": grid}
+    assert grid is not None and all(0.0 <= v <= 1.0 for row in grid for v in row)
     assert "trace_similarity" in served
 
 

@@ -68,7 +68,8 @@ def card(
         metrics_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     words = ["diffsleuth", "card", detector, *(w for d in data for w in ("--data", d)),
              *(w for s in specs for w in ("--degradation", s)), "--roles", roles, "--seed", str(seed),
-             *(("--max-per-source", str(max_per_source)) if max_per_source else ())]
+             *(("--max-per-source", str(max_per_source)) if max_per_source else ()),
+             *(("--non-photos", str(non_photos)) if non_photos != 8 else ())]
     command = " ".join(shlex.quote(w) for w in words)
     text = render_card(report, title or f"Model card: {detector}", note_text, command)
     (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")

@@ -1,4 +1,7 @@
-"""Measure a trained judge for its model card: robustness, per-family transfer, false positives.
+"""Measure the compact judge (``judge-compact``) for its model card, as it was made.
+
+Kept so that card's numbers can be regenerated exactly; new cards come from ``diffsleuth card``
+(:mod:`diffsleuth.evaluation.card`), which works for any detector.
 
 Every number is computed here from the training config (same seeded splits), never typed in:
 ``python -m diffsleuth.detectors.judge_card --detector DIR --config CFG`` writes
@@ -26,27 +29,18 @@ from diffsleuth.detectors.judge_training import (JudgeTrainConfig, choose_thresh
                                                  load_images, repeat_families, usable_splits)
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.detectors.training import split_records
+from diffsleuth.evaluation.card import colour_histogram
 from diffsleuth.evaluation.metrics import binary_metrics
+from diffsleuth.evaluation.out_of_domain import wheel_photos
 from diffsleuth.io.datasets import load_records
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import parse_degradation
 
 ROBUSTNESS = ("jpeg:90", "jpeg:75", "none")
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                  "motorcycle_right.png", "camera.png", "coins.png", "moon.png", "hubble_deep_field.jpg",
-                  "brick.png", "grass.png", "gravel.png")
 TEXTURES = ("brick.png", "grass.png", "gravel.png")
 WALLPAPERS = Path(__file__).resolve().parents[1] / "configs" / "mate-nature-photos.csv"
 DEBIAN_ROOT = "debian-photos"  # stem of the package manifest, also its family name
 HEADLINE = ("auc", "ap", "acc", "real_acc", "fake_acc", "tpr_at_5fpr", "eer")
-
-
-def colour_histogram(image: Image.Image, bins: int = 8) -> np.ndarray:
-    """Joint RGB histogram (bins^3), normalised: pure colour content, no pixel statistics."""
-    array = np.asarray(image.convert("RGB")).reshape(-1, 3) // (256 // bins)
-    index = array[:, 0] * bins * bins + array[:, 1] * bins + array[:, 2]
-    hist = np.bincount(index, minlength=bins ** 3).astype(np.float64)
-    return hist / hist.sum()
 
 
 class HistogramBaseline:
@@ -97,18 +91,6 @@ def photo_scores(model: JudgeDetector, baseline: HistogramBaseline,
             "model_fpr": float(np.mean(ours >= model.config.threshold)) if rows else float("nan"),
             "colour_histogram_fpr": float(np.mean(hist >= baseline.threshold)) if rows else float("nan"),
             "n": len(rows)}
-
-
-def wheel_photos() -> dict[str, Image.Image]:
-    import skimage.data
-    from sklearn.datasets import load_sample_images
-
-    folder = Path(skimage.data.__file__).parent
-    named = {f"skimage:{n}": decode_image(folder / n) for n in SKIMAGE_PHOTOS if (folder / n).is_file()}
-    sample = load_sample_images()
-    for name, array in zip(sample.filenames, sample.images):
-        named[f"sklearn:{Path(name).name}"] = Image.fromarray(array)
-    return named
 
 
 def wallpapers() -> dict[str, Image.Image]:

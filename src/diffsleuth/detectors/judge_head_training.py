@@ -64,6 +64,7 @@ class JudgeHeadTrainConfig(TrainConfig):
     trace_temperature: float = 0.1
     trace_weight: float = 1.0
     target_fpr: float = 0.05
+    calibration_c: float = 1.0
     max_per_source: int | None = None
     cache: str | None = None
     encode_batch: int = 32
@@ -251,7 +252,9 @@ def run(cfg: JudgeHeadTrainConfig) -> Path:
     model.eval()
     val_scores, val_labels, _ = role_scores(model, samples, features, "val")
     if val_scores.size:
-        slope, intercept, threshold = fit_calibration(val_labels, val_scores, cfg.target_fpr)
+        # regularised: validation (trained sources) is separated almost perfectly, and an unbounded
+        # slope would saturate P(generated) at 1.0 in float32, leaving no room for a threshold
+        slope, intercept, threshold = fit_calibration(val_labels, val_scores, cfg.target_fpr, cfg.calibration_c)
         model.config.calibration_slope, model.config.calibration_intercept = slope, intercept
         model.config.threshold = threshold
     calib_scores, calib_labels, _ = role_scores(model, samples, features, "calibration")

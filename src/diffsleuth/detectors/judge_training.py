@@ -134,17 +134,20 @@ def auc_of(labels: np.ndarray, trace_sim: np.ndarray) -> float:
     return float(roc_auc_score(labels, -trace_sim))
 
 
-def fit_calibration(labels: np.ndarray, trace_sim: np.ndarray, target_fpr: float) -> tuple[float, float, float]:
+def fit_calibration(labels: np.ndarray, trace_sim: np.ndarray, target_fpr: float,
+                    c: float = 1e4) -> tuple[float, float, float]:
     """Class-balanced logistic fit of P(generated) on the trace score; threshold from val reals.
 
-    The threshold is 0.5 unless more than ``target_fpr`` of the validation reals would be flagged
-    at 0.5, in which case it rises to their (1 - target_fpr) quantile.
+    ``c`` is the inverse regularisation strength: a validation split the model separates perfectly
+    makes a nearly unregularised fit arbitrarily steep. The threshold is 0.5 unless more than
+    ``target_fpr`` of the validation reals would be flagged at 0.5, in which case it rises to their
+    (1 - target_fpr) quantile.
     """
     from sklearn.linear_model import LogisticRegression
 
     if len(set(labels.tolist())) < 2:
         return -10.0, 5.0, 0.5
-    fit = LogisticRegression(C=1e4, class_weight="balanced").fit(trace_sim.reshape(-1, 1), labels)
+    fit = LogisticRegression(C=c, class_weight="balanced").fit(trace_sim.reshape(-1, 1), labels)
     slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     probs = 1.0 / (1.0 + np.exp(-(slope * trace_sim + intercept)))
     return slope, intercept, choose_threshold(probs[labels == 0], target_fpr)
