@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from diffsleuth.backbones.pypi_weights import sha256_of
 from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,9 @@ class OnnxImageEncoder(nn.Module):
         tensor, for this encoder file and output: encoding is deterministic (one image per call), so
         an input seen before (a re-run of ``diffsleuth card``, a re-scan, the crops training
         encoded) costs a file read instead of an encoder pass."""
-        from diffsleuth.detectors.base import sha256_file
         from diffsleuth.features.cache import FeatureCache
 
-        self.memo = FeatureCache(root, {"kind": "onnx-embedding", "encoder_sha256": sha256_file(self.path),
+        self.memo = FeatureCache(root, {"kind": "onnx-embedding", "encoder_sha256": sha256_of(self.path),
                                         "output": self.output_name})
 
     def encode_one(self, session, row: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ the preprocessing it was trained with, the decision threshold and the SHA-256 of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffsleuth.backbones.pypi_weights import sha256_of as sha256_file
 from diffsleuth.settings import ConfigError, config_from_dict, config_to_dict, load_json
 from diffsleuth.devices import resolve_device
 from diffsleuth.io.preprocess import PreprocessConfig, geometry, preprocess_batch
@@ -105,12 +105,6 @@ def check_threshold(threshold: float) -> float:
     return value
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_safetensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
