@@ -1,9 +1,11 @@
-"""``diffsleuth scan-ray``: the same rows as ``diffsleuth scan``, written by Ray Data on a local Ray."""
+"""``diffsleuth scan --ray`` (and its deprecated name ``scan-ray``): the same rows as ``diffsleuth scan``,
+written by Ray Data on a local Ray."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -48,9 +50,11 @@ def read_rows(folder, fmt: str) -> pd.DataFrame:
 def test_cluster_rows_equal_the_local_scan(local_ray, mixed, tmp_path, fmt):
     local = runner.invoke(app, ["scan", str(mixed), "--format", "json"])
     expected = pd.DataFrame(json.loads(local.stdout)).set_index("path").sort_index()
-    result = runner.invoke(app, ["scan-ray", str(mixed), "--output", str(tmp_path / "rows"), "--format", fmt,
+    command = ["scan-ray"] if fmt == "parquet" else ["scan", "--ray"]  # parquet: only the old name
+    result = runner.invoke(app, [*command, str(mixed), "--output", str(tmp_path / "rows"), "--format", fmt,
                                  "--actors", "1", "--batch-size", "4", "--summary"])
     assert result.exit_code == local.exit_code == EXIT_PARTIAL, result.output
+    assert ("deprecated" in said(result)) == (fmt == "parquet")
     rows = read_rows(tmp_path / "rows", fmt)
     assert list(rows.index) == list(expected.index)
     scored = expected["error"].isna()
@@ -77,18 +81,18 @@ def test_refuses_a_folder_that_holds_rows_and_names_bad_inputs(local_ray, mixed,
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "old.csv").write_text("path\n")
-    result = runner.invoke(app, ["scan-ray", str(mixed), "--output", str(taken)])
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--output", str(taken)])
     assert result.exit_code == EXIT_USAGE and "not empty" in said(result)
     assert [p.name for p in taken.iterdir()] == ["old.csv"]
 
     missing = tmp_path / "gone.png"
-    result = runner.invoke(app, ["scan-ray", str(missing), "--output", str(tmp_path / "a")])
+    result = runner.invoke(app, ["scan", "--ray", str(missing), "--output", str(tmp_path / "a")])
     assert result.exit_code == EXIT_USAGE and "gone.png" in said(result)
-    result = runner.invoke(app, ["scan-ray", str(mixed), "s3://bucket/x", "--output", str(tmp_path / "b")])
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "s3://bucket/x", "--output", str(tmp_path / "b")])
     assert result.exit_code == EXIT_USAGE and "mix of URIs and local paths" in said(result)
-    result = runner.invoke(app, ["scan-ray", str(mixed), "--detector", "nope", "--output", str(tmp_path / "c")])
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--detector", "nope", "--output", str(tmp_path / "c")])
     assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
-    result = runner.invoke(app, ["scan-ray", str(mixed), "--precision", "fp8", "--output", str(tmp_path / "d")])
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--precision", "fp8", "--output", str(tmp_path / "d")])
     assert result.exit_code == EXIT_USAGE and "fp8" in said(result)
     assert not any((tmp_path / name).exists() for name in "abcd")
 
@@ -96,10 +100,10 @@ def test_refuses_a_folder_that_holds_rows_and_names_bad_inputs(local_ray, mixed,
 def test_resume_scores_only_the_inputs_missing_from_the_folder(local_ray, mixed, tmp_path):
     out = tmp_path / "rows"
     good, broken = sorted((mixed / "good").iterdir()), sorted((mixed / "broken").iterdir())
-    first = runner.invoke(app, ["scan-ray", str(mixed / "good"), "--output", str(out), "--actors", "1"])
+    first = runner.invoke(app, ["scan", "--ray", str(mixed / "good"), "--output", str(out), "--actors", "1"])
     assert first.exit_code == 0, first.output
     first_files = set(out.iterdir())
-    resumed = runner.invoke(app, ["scan-ray", str(mixed), "--output", str(out), "--actors", "1", "--resume"])
+    resumed = runner.invoke(app, ["scan", "--ray", str(mixed), "--output", str(out), "--actors", "1", "--resume"])
     assert resumed.exit_code == EXIT_PARTIAL, resumed.output
     assert f"{len(good)} rows already there" in said(resumed)
     new_rows = pd.concat([pd.read_csv(f) for f in set(out.iterdir()) - first_files])
@@ -122,7 +126,7 @@ def test_any_file_name_and_a_fifo_get_their_rows(local_ray, tmp_path):
             handle.write(source)
     os.mkfifo(folder / "fifo.jpg")
     out = tmp_path / "rows"
-    args = ["scan-ray", str(folder), "--output", str(out), "--actors", "1"]
+    args = ["scan", "--ray", str(folder), "--output", str(out), "--actors", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == EXIT_PARTIAL, result.output
     rows = pd.concat([pd.read_csv(f, keep_default_na=False) for f in sorted(out.iterdir())])
@@ -133,3 +137,21 @@ def test_any_file_name_and_a_fifo_get_their_rows(local_ray, tmp_path):
     assert "FIFO" in errors[str(folder / "fifo.jpg")] and sum(1 for e in errors.values() if e) == 1
     resumed = runner.invoke(app, [*args, "--resume"])
     assert resumed.exit_code == EXIT_PARTIAL and "5 rows already there" in said(resumed), resumed.output
+
+
+def test_table_means_csv_row_files_and_json_is_refused(local_ray, mixed, tmp_path):
+    result = runner.invoke(app, ["scan", "--ray", str(mixed / "good"), "--output", str(tmp_path / "rows"),
+                                 "--actors", "1"])
+    assert result.exit_code == 0, result.output
+    assert read_rows(tmp_path / "rows", "csv").index.is_unique
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--format", "json", "--output", str(tmp_path / "j")])
+    assert result.exit_code == EXIT_USAGE and "csv or jsonl" in said(result)
+    result = runner.invoke(app, ["scan", "--ray", str(mixed)])
+    assert result.exit_code == EXIT_USAGE and "--output" in said(result)
+
+
+def test_a_uri_survives_the_output_path_option():
+    from diffsleuth.distributed.ray_common import restore_uri
+
+    assert restore_uri(str(Path("s3://bucket/scores"))) == "s3://bucket/scores"
+    assert restore_uri("/local/scores") == "/local/scores"

@@ -90,6 +90,17 @@ def scan(
     provenance: Annotated[bool, typer.Option(
         "--provenance/--no-provenance",
         help="Read C2PA manifests and generator/camera metadata into the verdict, declared and provenance columns.")] = True,
+    ray: Annotated[bool, typer.Option("--ray", help=(
+        "Score on a Ray cluster; --output is then a new or empty folder (or URI) of csv/jsonl row files "
+        "(--format table means csv), inputs may be URIs (s3://...); --device, --threads, --cache-dir, "
+        "--maps, --threshold, --max-bytes and --max-batch-pixels are not used. Needs the distributed extra."))] = False,
+    address: Annotated[Optional[str], typer.Option(
+        help="With --ray: cluster address (e.g. auto); default: the RAY_ADDRESS variable, else a local Ray.")] = None,
+    actors: Annotated[Optional[int], typer.Option(
+        min=1, help="With --ray: scoring actors [default: one per GPU share, else one per CPU share].")] = None,
+    cpus_per_actor: Annotated[float, typer.Option(min=0.1, help="With --ray: CPUs per actor (torch threads).")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(
+        min=0.0, help="With --ray: GPUs per actor; above 0 the model runs on CUDA.")] = 0.0,
 ) -> None:
     """Score images: probability that each was generated, one row per input.
 
@@ -107,6 +118,11 @@ def scan(
     --output that cannot be written: checked before scoring); 1 the output failed while writing
     (rows written so far are kept: --resume finishes); 130 interrupted.
     """
+    if ray:
+        from diffsleuth.cli.scan_ray import run_ray_scan
+
+        raise run_ray_scan(paths, output, detector, fmt.value, resume, address, actors, cpus_per_actor,
+                           gpus_per_actor, batch_size, precision, max_pixels, summary)
     from diffsleuth.backbones.loading import BackboneUnavailableError
     from diffsleuth.detectors.base import WeightsError  # torch: imported when a command runs, not for --help
     from diffsleuth.detectors.registry import load_detector

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 
 from diffsleuth.settings import config_to_dict
@@ -25,7 +26,9 @@ from diffsleuth.detectors.dnf import DireDetector, DireDetectorConfig, DnfConfig
 from diffsleuth.detectors.training import (
     TrainConfig,
     best_threshold,
+    gather_batch,
     make_accelerator,
+    mean_over_processes,
     register_trainer,
     seed_everything,
     split_records,
@@ -88,17 +91,20 @@ class CachedFeatures(Dataset):
 
 @torch.no_grad()
 def score_loader(model: NoiseFeatureDetector, loader: DataLoader,
-                 device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
-    """(P(generated), labels, mean BCE) over a loader."""
+                 accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray, float]:
+    """(P(generated), labels, mean BCE) over a prepared loader, gathered from every process."""
     model.eval()
-    probs, labels, loss = [], [], 0.0
+    probs, labels, losses = [], [], []
     for features, target in loader:
-        logits = model(features.to(device)).float()
-        loss += F.binary_cross_entropy_with_logits(logits, target.to(device), reduction="sum").item()
+        logits = model(features.to(accelerator.device)).float()
+        target = target.to(accelerator.device)
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        logits, target, loss = gather_batch(accelerator, logits, target, loss)
         probs.append(torch.sigmoid(logits).cpu())
-        labels.append(target)
+        labels.append(target.cpu())
+        losses.append(loss.cpu())
     y = torch.cat(labels).numpy().astype(int)
-    return torch.cat(probs).numpy(), y, loss / max(1, len(y))
+    return torch.cat(probs).numpy(), y, float(torch.cat(losses).sum()) / max(1, len(y))
 
 
 def summarise(probs: np.ndarray, labels: np.ndarray, loss: float, threshold: float) -> dict[str, Any]:
@@ -115,7 +121,8 @@ def train_noise_detector(config: DnfTrainConfig, cls: type[NoiseFeatureDetector]
     detector.extractor.to(accelerator.device, resolve_dtype(accelerator.device, config.precision))
     splits = split_records(config)
     cache, items = extract_splits(ReencodedExtractor(detector.extractor, config.reencode), splits,
-                                  config.cache, config.extract_batch_size)
+                                  config.cache, config.extract_batch_size, accelerator.process_index,
+                                  accelerator.num_processes, accelerator.wait_for_everyone)
     if not items["train"]:
         raise ValueError("no decodable training images")
     train_loader = DataLoader(CachedFeatures(items["train"], cache, cls.feature_name, flip=True),
@@ -124,14 +131,15 @@ def train_noise_detector(config: DnfTrainConfig, cls: type[NoiseFeatureDetector]
     def loader(name: str) -> DataLoader | None:
         if not items[name]:
             return None
-        return DataLoader(CachedFeatures(items[name], cache, cls.feature_name, flip=False),
-                          batch_size=config.batch_size)
+        return accelerator.prepare(DataLoader(CachedFeatures(items[name], cache, cls.feature_name, flip=False),
+                                              batch_size=config.batch_size))
 
     val_loader = loader("val")
     classifier = detector.classifier.to(accelerator.device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=config.lr)
+    # The detector keeps the plain module (evaluation runs it in every process); training steps
+    # go through the prepared one, which under DDP averages the gradients of all processes.
     classifier, optimizer, train_loader = accelerator.prepare(classifier, optimizer, train_loader)
-    detector.classifier = classifier
 
     history: list[dict[str, Any]] = []
     best = -float("inf")
@@ -141,16 +149,16 @@ def train_noise_detector(config: DnfTrainConfig, cls: type[NoiseFeatureDetector]
         total, count = 0.0, 0
         for features, target in track(train_loader, f"epoch {epoch}/{config.epochs}"):
             with accelerator.autocast():
-                loss = F.binary_cross_entropy_with_logits(detector(features).float(), target)
+                loss = F.binary_cross_entropy_with_logits(classifier(features).squeeze(1).float(), target)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
             total += loss.item() * len(target)
             count += len(target)
-        entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, count),
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": mean_over_processes(accelerator, total, count),
                                  "lr": optimizer.param_groups[0]["lr"]}
         if val_loader is not None:
-            probs, labels, val_loss = score_loader(detector, val_loader, accelerator.device)
+            probs, labels, val_loss = score_loader(detector, val_loader, accelerator)
             entry["val"] = summarise(probs, labels, val_loss, 0.5)
             value = entry["val"]["acc"]
         else:
@@ -170,19 +178,19 @@ def train_noise_detector(config: DnfTrainConfig, cls: type[NoiseFeatureDetector]
             if optimizer.param_groups[0]["lr"] < config.min_lr:
                 break
 
-    detector.classifier = accelerator.unwrap_model(classifier)
     detector.classifier.load_state_dict(best_state)
     report: dict[str, Any] = {"config": config_to_dict(config), "best_epoch": best_epoch,
+                              "processes": accelerator.num_processes,
                               "selected_on": "val accuracy" if val_loader is not None else "train loss",
                               "history": history}
     threshold = 0.5
     if val_loader is not None:
-        probs, labels, val_loss = score_loader(detector, val_loader, accelerator.device)
+        probs, labels, val_loss = score_loader(detector, val_loader, accelerator)
         threshold = best_threshold(probs, labels)
         report["val"] = summarise(probs, labels, val_loss, threshold)
     test_loader = loader("test")
     if test_loader is not None:
-        report["test"] = summarise(*score_loader(detector, test_loader, accelerator.device), threshold)
+        report["test"] = summarise(*score_loader(detector, test_loader, accelerator), threshold)
     output = Path(config.output)
     if accelerator.is_main_process:
         detector.to("cpu", torch.float32).save_pretrained(output)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffsleuth.settings import config_to_dict
@@ -220,18 +221,34 @@ def weight_average(net: JudgeDetector, decay: float | None) -> AveragedModel | N
     return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+class Embedder(nn.Module):
+    """The training forward (embeddings) as a module of its own, so that under DDP the forward
+    goes through the wrapper and the gradients of all processes are averaged."""
+
+    def __init__(self, net: JudgeDetector) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(batch)
+
+
 def train_epoch(accelerator, model, optimizer, scheduler, cfg: JudgeTrainConfig,
                 make_batch, batches: list[list[int]], desc: str,
                 average: AveragedModel | None = None) -> list[dict[str, float]]:
-    """One pass over ``batches`` of indices; returns the loss parts of every step."""
+    """One pass over ``batches`` of indices; returns the loss parts of every step.
+
+    ``model`` is the prepared :class:`Embedder`; with several processes each one embeds its share
+    of every batch (so the contrastive loss compares the images of one process's share).
+    """
     model.train()
-    net = accelerator.unwrap_model(model)
+    net = accelerator.unwrap_model(model).net
     losses = []
     with progress(desc, len(batches)) as advance:
         for idx in batches:
-            batch, labels = make_batch(idx)
+            batch, labels = make_batch(idx[accelerator.process_index::accelerator.num_processes])
             with accelerator.autocast():
-                z = net.embed(batch.to(accelerator.device))
+                z = model(batch.to(accelerator.device))
                 parts = judge_loss(z.float(), labels.to(accelerator.device), net.traces.float(),
                                    cfg.temperature, cfg.trace_temperature, cfg.trace_weight,
                                    cfg.fake_margin, cfg.pull_fakes)
@@ -274,10 +291,11 @@ def run(cfg: JudgeTrainConfig) -> Path:
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    average = weight_average(accelerator.unwrap_model(model), cfg.ema_decay)
+    embedder, optimizer, scheduler = accelerator.prepare(Embedder(model), optimizer, scheduler)
+    model = accelerator.unwrap_model(embedder).net
+    average = weight_average(model, cfg.ema_decay)
     labels_all = torch.tensor([r.label for r in train_records])
-    rng = random.Random(cfg.seed)
+    rng = random.Random(cfg.seed if accelerator.num_processes == 1 else f"{cfg.seed}:{accelerator.process_index}")
     order_gen = torch.Generator().manual_seed(cfg.seed)
 
     def make_batch(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,10 +307,10 @@ def run(cfg: JudgeTrainConfig) -> Path:
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(train_records), generator=order_gen).tolist()
         batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
-        losses = train_epoch(accelerator, model, optimizer, scheduler, cfg, make_batch, batches,
+        losses = train_epoch(accelerator, embedder, optimizer, scheduler, cfg, make_batch, batches,
                              f"epoch {epoch + 1}/{cfg.epochs}", average)
         entry = {"epoch": epoch + 1, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
-        net = average.module if average is not None else accelerator.unwrap_model(model)
+        net = average.module if average is not None else model
         if val_batch is not None:
             entry["val_auc"] = auc_of(val_labels, trace_scores(net, val_batch))
             selection = entry["val_auc"] if not math.isnan(entry["val_auc"]) else -entry["loss"]
@@ -304,16 +322,19 @@ def run(cfg: JudgeTrainConfig) -> Path:
         history.append(entry)
         echo(json.dumps(entry))
 
-    net = accelerator.unwrap_model(model)
+    net = model
     net.load_state_dict(best_state)
     net.eval()
     if val_batch is not None:
         slope, intercept, threshold = fit_calibration(val_labels, trace_scores(net, val_batch), cfg.target_fpr)
         net.config.calibration_slope, net.config.calibration_intercept = slope, intercept
         net.config.threshold = threshold
-    out = net.to("cpu").save_pretrained(cfg.output)
-    log = {"best_epoch": best_epoch, "seconds": round(time.monotonic() - started, 1),
-           "history": history, "train_images": len(train_records),
-           "val_images": len(val_records), "training_config": config_to_dict(cfg)}
-    (out / TRAINING_LOG).write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    out = Path(cfg.output)
+    if accelerator.is_main_process:
+        out = net.to("cpu").save_pretrained(cfg.output)
+        log = {"best_epoch": best_epoch, "seconds": round(time.monotonic() - started, 1),
+               "history": history, "train_images": len(train_records), "processes": accelerator.num_processes,
+               "val_images": len(val_records), "training_config": config_to_dict(cfg)}
+        (out / TRAINING_LOG).write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    accelerator.wait_for_everyone()
     return out

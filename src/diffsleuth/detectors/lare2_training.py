@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
@@ -29,7 +30,9 @@ from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, centre_offset
 from diffsleuth.detectors.training import (
     TrainConfig,
     best_threshold,
+    gather_batch,
     make_accelerator,
+    mean_over_processes,
     register_trainer,
     seed_everything,
     split_records,
@@ -158,19 +161,22 @@ def batch_inputs(batch: dict[str, Any], detector: Lare2Detector,
 
 @torch.no_grad()
 def predict_loader(detector: Lare2Detector, network: torch.nn.Module, loader: DataLoader,
-                   device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
-    """(P(generated), labels, mean cross-entropy) over a loader, in eval mode."""
+                   accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray, float]:
+    """(P(generated), labels, mean cross-entropy) over a prepared loader, in eval mode, gathered
+    from every process."""
     network.eval()
     probs, labels, losses = [], [], []
     for batch in loader:
-        pixels, lare = batch_inputs(batch, detector, device)
+        pixels, lare = batch_inputs(batch, detector, accelerator.device)
         logits = network(pixels, lare).float()
-        target = batch["label"].to(device)
-        losses.append(F.cross_entropy(logits, target, reduction="sum").item())
-        probs.append(logits.softmax(dim=1)[:, 1].cpu())
-        labels.append(batch["label"])
+        target = batch["label"].to(accelerator.device)
+        loss = F.cross_entropy(logits, target, reduction="none")
+        prob, target, loss = gather_batch(accelerator, logits.softmax(dim=1)[:, 1], target, loss)
+        probs.append(prob.cpu())
+        labels.append(target.cpu())
+        losses.append(loss.cpu())
     p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy()
-    return p, y, sum(losses) / max(1, len(y))
+    return p, y, float(torch.cat(losses).sum()) / max(1, len(y))
 
 
 def metrics(probs: np.ndarray, labels: np.ndarray, loss: float, threshold: float = 0.5) -> dict[str, Any]:
@@ -230,11 +236,12 @@ def run(config: Lare2TrainConfig) -> Path:
     detector.lare_backbone.to(accelerator.device, sd_dtype)
     detector.network.to(accelerator.device)
     cache, items = extract_splits(ReencodedExtractor(detector.lare_backbone, config.reencode), splits,
-                                 config.cache, config.extract_batch_size)
+                                 config.cache, config.extract_batch_size, accelerator.process_index,
+                                 accelerator.num_processes, accelerator.wait_for_everyone)
     if not items["train"]:
         raise ValueError("no decodable training images")
     train_loader = _loader(items["train"], cache, detector, config, True, generator)
-    val_loader = _loader(items["val"], cache, detector, config, False) if items["val"] else None
+    val_loader = accelerator.prepare(_loader(items["val"], cache, detector, config, False)) if items["val"] else None
     network = detector.network
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -258,11 +265,10 @@ def run(config: Lare2TrainConfig) -> Path:
             optimizer.step()
             total += loss.item() * len(pixels)
             count += len(pixels)
-        entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, count),
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": mean_over_processes(accelerator, total, count),
                                  "lr": optimizer.param_groups[0]["lr"]}
         if val_loader is not None:
-            val = metrics(*predict_loader(detector, accelerator.unwrap_model(network), val_loader,
-                                          accelerator.device))
+            val = metrics(*predict_loader(detector, accelerator.unwrap_model(network), val_loader, accelerator))
             entry["val"] = val
             value = selection_value(val, config.select_metric)
         else:
@@ -279,16 +285,17 @@ def run(config: Lare2TrainConfig) -> Path:
     model = accelerator.unwrap_model(network)
     model.load_state_dict(best_state)
     report: dict[str, Any] = {"config": config_to_dict(config), "best_epoch": best_epoch,
+                              "processes": accelerator.num_processes,
                               "selected_on": "val" if val_loader is not None else "train_loss",
                               "history": history}
     threshold = 0.5
     if val_loader is not None:
-        val_probs, val_labels, val_loss = predict_loader(detector, model, val_loader, accelerator.device)
+        val_probs, val_labels, val_loss = predict_loader(detector, model, val_loader, accelerator)
         threshold = best_threshold(val_probs, val_labels)
         report["val"] = metrics(val_probs, val_labels, val_loss, threshold)
     if items["test"]:
-        test_loader = _loader(items["test"], cache, detector, config, False)
-        report["test"] = metrics(*predict_loader(detector, model, test_loader, accelerator.device),
+        test_loader = accelerator.prepare(_loader(items["test"], cache, detector, config, False))
+        report["test"] = metrics(*predict_loader(detector, model, test_loader, accelerator),
                                  threshold=threshold)
     detector.config.threshold = threshold if config.use_val_threshold else 0.5
     output = Path(config.output)

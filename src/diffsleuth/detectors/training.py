@@ -115,11 +115,31 @@ def best_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """An Accelerator for ``config.device`` / ``config.precision``.
 
-    Accelerate owns device placement (and DDP under ``accelerate launch``); to pick one GPU of
-    several, set ``CUDA_VISIBLE_DEVICES``.
+    Accelerate owns device placement (and DDP under ``accelerate launch`` or ``torchrun``: each
+    process takes its share of every training batch, gradients are averaged, validation is
+    gathered from all processes and only the main process saves); to pick one GPU of several,
+    set ``CUDA_VISIBLE_DEVICES``.
     """
     device = resolve_device(config.device)
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}.get(config.precision)
     if mixed is None:
         raise ValueError(f"precision must be fp32, fp16 or bf16, not {config.precision!r}")
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    # split_batches: ``batch_size`` stays the total per step, shared by the processes, so one or
+    # N processes take the same optimisation steps (it must then be a multiple of N).
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed, split_batches=True)
+
+
+def gather_batch(accelerator: Accelerator, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One evaluation batch from every process, in loader order, without the padding that evens
+    out the shards (the loader must have gone through ``accelerator.prepare``). One process: as is."""
+    if accelerator.num_processes == 1:
+        return tensors
+    return tuple(accelerator.gather_for_metrics(tuple(t.to(accelerator.device) for t in tensors)))
+
+
+def mean_over_processes(accelerator: Accelerator, total: float, count: int) -> float:
+    """``total / count`` summed over all processes, so every process takes the same decisions."""
+    if accelerator.num_processes > 1:
+        both = accelerator.reduce(torch.tensor([total, float(count)], device=accelerator.device), reduction="sum")
+        total, count = float(both[0]), int(both[1])
+    return total / max(1, count)

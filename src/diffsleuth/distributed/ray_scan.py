@@ -19,6 +19,7 @@ import torch
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.detectors.scanning import DecodeLimits, row_columns, score_sources
 from diffsleuth.devices import resolve_dtype
+from diffsleuth.distributed.ray_common import actor_device, default_actors, is_uri, limit_torch_threads
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 from diffsleuth.io.guards import decode_path, encode_path, path_kind
@@ -44,7 +45,7 @@ class ActorSettings:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda" if self.gpus_per_actor > 0 else "cpu")
+        return actor_device(self.gpus_per_actor)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -55,8 +56,7 @@ class ScoreImages:
     """Ray Data UDF: one detector per actor, torch limited to the CPUs Ray gave the actor."""
 
     def __init__(self, settings: ActorSettings) -> None:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
+        limit_torch_threads()
         self.model = load_detector(settings.detector, device=settings.device, dtype=settings.dtype)
         self.settings = settings
         self.columns = row_columns(self.model)
@@ -73,11 +73,6 @@ class ScoreImages:
                                 self.settings.batch_size, provenance=found)
         rows = [result.as_row() for result in results]
         return {column: [row.get(column) for row in rows] for column in self.columns}
-
-
-def is_uri(location: str) -> bool:
-    """Whether Ray, not the local file system, resolves ``location`` (``s3://``, ``gs://``, ...)."""
-    return "://" in location
 
 
 def resolve_sources(inputs: Sequence[str]) -> list[str]:
@@ -99,14 +94,6 @@ def resolve_sources(inputs: Sequence[str]) -> list[str]:
     return list(files)
 
 
-def default_actors(settings: ActorSettings, cpus_per_actor: float) -> int:
-    """One actor per GPU share, else one per CPU share."""
-    resources = ray.cluster_resources()
-    if settings.gpus_per_actor > 0:
-        return max(1, int(resources.get("GPU", 0) // settings.gpus_per_actor))
-    return max(1, int(resources.get("CPU", 1) // cpus_per_actor))
-
-
 def scan_dataset(inputs: Sequence[str], settings: ActorSettings, actors: int | None = None,
                  cpus_per_actor: float = 1.0, done: frozenset[str] = frozenset()) -> ray.data.Dataset | None:
     """A lazy Ray dataset of scan rows (``path, score, label, error`` and the detector's extras).
@@ -117,7 +104,7 @@ def scan_dataset(inputs: Sequence[str], settings: ActorSettings, actors: int | N
     """
     sources = resolve_sources(inputs)
     remote = is_uri(sources[0])
-    pool = actors or default_actors(settings, cpus_per_actor)
+    pool = actors or default_actors(settings.gpus_per_actor, cpus_per_actor)
     if remote:
         extensions = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
         # Reading only moves bytes (actors decode), and a read task that waits for a CPU the actors

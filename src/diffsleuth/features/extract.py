@@ -91,7 +91,7 @@ def extract_records(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
 ) -> ExtractionReport:
-    """Fill ``cache`` with features of every record; undecodable files are reported, not fatal.
+    """Fill ``cache`` with features of every record; unreadable or undecodable files are reported, not fatal.
 
     ``progress=None`` shows a bar only on a terminal.
     """
@@ -139,18 +139,24 @@ def extract_splits(
     splits: dict[str, list[ImageRecord]],
     cache_root: str,
     batch_size: int = 8,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] | None = None,
 ) -> tuple[FeatureCache, dict[str, list[tuple[ImageRecord, str]]]]:
     """Fill the cache for every split; return (cache, split -> [(record, cache key)]).
 
-    Undecodable images are reported and left out, so training never stops on one bad file.
+    Undecodable images are reported and left out, so training never stops on one bad file. In a
+    multi-process run process ``rank`` of ``world`` extracts every world-th image, ``barrier``
+    waits for all of them, and every process keeps exactly the images whose entry is in the cache.
     """
     cache = FeatureCache(cache_root, extractor.cache_config())
     everything = [r for part in splits.values() for r in part]
-    report = extract_records(extractor, everything, cache, batch_size=batch_size)
-    failed = {p for p, _ in report.failed}
+    report = extract_records(extractor, everything[rank::world], cache, batch_size=batch_size)
     for path, reason in report.failed:
         echo(f"skipping {path}: {reason}")
     echo(f"features: {report.computed} computed, {report.cached} cached -> {cache.directory}")
-    keyed = {name: [(r, key) for r in part if str(r.path) not in failed and (key := _hash_or_none(r.path))]
+    if barrier is not None:
+        barrier()
+    keyed = {name: [(r, key) for r in part if (key := _hash_or_none(r.path)) and key in cache]
              for name, part in splits.items()}
     return cache, keyed

@@ -1,0 +1,61 @@
+"""What the Ray commands (``scan --ray``, ``extract --ray``) share: the session, actor sizing, devices.
+
+Every worker is a Ray Data actor that loads its model once and keeps it for all the batches it
+is given; torch inside an actor uses only the CPUs Ray assigned to it, so actors on one machine do
+not oversubscribe its cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+
+import ray
+import torch
+
+_COLLAPSED_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
+
+
+def is_uri(location: str) -> bool:
+    """Whether Ray, not the local file system, resolves ``location`` (``s3://``, ``gs://``, ...)."""
+    return "://" in location
+
+
+def restore_uri(location: str) -> str:
+    """Undo pathlib's collapse of ``s3://bucket`` into ``s3:/bucket`` (an option typed as a path)."""
+    return _COLLAPSED_URI.sub(r"\1://", location, count=1)
+
+
+def actor_device(gpus_per_actor: float) -> torch.device:
+    """CUDA when Ray gives the actor a GPU share, else the CPU."""
+    return torch.device("cuda" if gpus_per_actor > 0 else "cpu")
+
+
+def limit_torch_threads() -> None:
+    """Inside an actor: one torch thread per CPU Ray assigned to it."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def default_actors(gpus_per_actor: float, cpus_per_actor: float) -> int:
+    """One actor per GPU share when actors use GPUs, else one per CPU share of the cluster."""
+    resources = ray.cluster_resources()
+    if gpus_per_actor > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
+    return max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, logging_level: int = logging.INFO) -> Iterator[None]:
+    """Join ``address`` (``auto``, ``ray://...``; None: ``RAY_ADDRESS``, else a local Ray) unless
+    Ray is already initialised in this process; shut down only a session started here."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging_level)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
