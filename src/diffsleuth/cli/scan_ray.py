@@ -52,7 +52,10 @@ def scan_ray(
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     summary: Annotated[bool, typer.Option("--summary", help="Print counts per label to stderr.")] = False,
 ) -> None:
-    """Deprecated name of `diffsleuth scan --ray` (same options; also writes parquet)."""
+    """Deprecated name of `diffsleuth scan --ray` (same options; also writes parquet).
+
+    Needs the optional extra: pip install 'diffsleuth[distributed]'.
+    """
     err_console.print("note: `scan-ray` is deprecated and will be removed; use `diffsleuth scan --ray` "
                       "(same options)")
     raise run_ray_scan(inputs, output, detector, fmt.value, resume, address, actors, cpus_per_actor,
