@@ -110,7 +110,9 @@ def test_an_interrupted_run_resumes_without_recomputing(local_ray, dataset, tiny
     with pytest.raises(KeyboardInterrupt):
         extract_on_ray(load_records(dataset), job, actors=1, on_batch=stop)
     first = settled(tmp_path / "cache")
-    assert 0 < first < 8
+    # Ray Data computes ahead of the driver, so on a fast machine the actor may have finished every
+    # batch before the stop lands; what must hold either way is that nothing is computed twice.
+    assert first > 0
     resumed = extract("dnf", dataset, tmp_path / "cache", settings, "--ray", "--actors", "2")
     assert resumed.exit_code == EXIT_PARTIAL, resumed.output
     assert counts(resumed) == (8 - first, first, 1)  # every entry computed exactly once over both runs
