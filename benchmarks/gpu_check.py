@@ -3,10 +3,11 @@
 Builds the real architectures from their published configs (nothing is downloaded): the UNet of
 google/ddpm-bedroom-256 (DNF, DIRE), Stable Diffusion v1.5's VAE, UNet and a CLIP text encoder
 of its size (LaRE), open_clip RN50 (LaRE²), torchvision ResNet-50 (DNF/DIRE classifier) and the
-shipped default judge (the default scan). For each precision it runs LaRE extraction with the
-LaRE² classifier, DNF with 1 and K steps, DIRE, one training step of each recipe (judge, lare2,
-dnf, dire) and the default scan; it checks that every output is finite and that fp16 / bf16
-agree with fp32 within the tolerances below, and prints seconds per image beside the figure the
+shipped compact judge for the scan (the default detector fetches its pinned encoder once, which a
+machine without network may not have; ``judge-compact`` ships whole). For each precision it
+runs LaRE extraction with the LaRE² classifier, DNF with 1 and K steps, DIRE, one training step
+of each recipe (judge, lare2, dnf, dire) and a scan; it checks that every output is finite and
+that fp16 / bf16 agree with fp32 within the tolerances below, and prints seconds per image beside the figure the
 paper reports where there is one. Exit status 1 when any check fails.
 
     python benchmarks/gpu_check.py                          # CUDA, real sizes
@@ -177,7 +178,7 @@ def main() -> int:
             detector = Lare2Detector(lare2, visual, LareExtractor(lare_config, parts)).eval()
             detector.network = cast(lare2_network, device, dtype)  # the same weights in every precision
             xd = x.to(device, dtype)
-            scanner = load_detector(None, device=device, dtype=dtype)
+            scanner = load_detector("judge-compact", device=device, dtype=dtype)  # fully shipped: no fetch
             runs: dict[str, tuple[Callable[[], torch.Tensor], bool]] = {
                 "LaRE (4 draws)" if not args.quick else "LaRE (2 draws)":
                     (lambda: detector.lare_backbone.lare_for_images(pictures)[1], True),
@@ -186,7 +187,7 @@ def main() -> int:
                 f"DNF, {args.dnf_steps} steps": (lambda: dnf_map(unet, scheduler, xd, num_steps=args.dnf_steps), True),
                 f"DIRE, {args.dire_steps}+{args.dire_steps} steps":
                     (lambda: dire_map(unet, scheduler, xd, num_steps=args.dire_steps), True),
-                "scan (default judge)": (lambda: torch.tensor([p.score for p in scanner.predict(pictures)]), True),
+                "scan (judge-compact)": (lambda: torch.tensor([p.score for p in scanner.predict(pictures)]), True),
                 "train step: dnf/dire": (lambda: train_step(classifier, lambda m: F.binary_cross_entropy_with_logits(
                     m(x.to(device)).squeeze(1), labels.float().to(device)), device, dtype), False),
                 "train step: lare2": (lambda: train_step(lare2_network, lambda m: F.cross_entropy(

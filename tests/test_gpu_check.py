@@ -8,7 +8,7 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
 CHECKS = ("LaRE (2 draws)", "LaRE² score", "DNF, 1 step", "DNF, 2 steps", "DIRE, 2+2 steps",
-          "scan (default judge)", "train step: dnf/dire", "train step: lare2", "train step: judge")
+          "scan (judge-compact)", "train step: dnf/dire", "train step: lare2", "train step: judge")
 
 
 def test_quick_cpu_mode_runs_every_check():
