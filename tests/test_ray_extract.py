@@ -18,13 +18,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A manifest of 8 small photos (with class names, for LaRE's prompts) and one unreadable file."""
     root = tmp_path_factory.mktemp("data").resolve()

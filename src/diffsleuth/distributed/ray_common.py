@@ -59,3 +59,18 @@ def ray_session(address: str | None, logging_level: int = logging.INFO) -> Itera
     finally:
         if started:
             ray.shutdown()
+
+
+def map_on_actors(dataset: ray.data.Dataset, actor_class: type, settings, pool: int,
+                  cpus_per_actor: float) -> ray.data.Dataset:
+    """Run ``actor_class(settings)`` over ``dataset`` on a pool of ``pool`` actors, each holding
+    its model once: the one way scan and extract place their work on the cluster."""
+    return dataset.map_batches(
+        actor_class,
+        fn_constructor_args=(settings,),
+        batch_size=settings.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_cpus=cpus_per_actor,
+        num_gpus=settings.gpus_per_actor or None,
+    )

@@ -19,7 +19,7 @@ from typing import Any
 import ray
 
 from diffsleuth.devices import resolve_dtype
-from diffsleuth.distributed.ray_common import actor_device, default_actors, limit_torch_threads
+from diffsleuth.distributed.ray_common import actor_device, default_actors, limit_torch_threads, map_on_actors
 from diffsleuth.features.cache import FeatureCache
 from diffsleuth.features.extract import ExtractionReport, extract_records, extractor_spec
 from diffsleuth.io.datasets import ImageRecord
@@ -92,15 +92,9 @@ def extract_on_ray(records: Sequence[ImageRecord], settings: ExtractSettings, ac
     """
     pool = actors or default_actors(settings.gpus_per_actor, cpus_per_actor)
     items = record_items(records)
-    summaries = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), pool * 4))).map_batches(
-        ExtractFeatures,
-        fn_constructor_args=(settings,),
-        batch_size=settings.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=pool),
-        num_cpus=cpus_per_actor,
-        num_gpus=settings.gpus_per_actor or None,
-    )
+    blocks = max(1, min(len(items), pool * 4))
+    summaries = map_on_actors(ray.data.from_items(items, override_num_blocks=blocks), ExtractFeatures,
+                              settings, pool, cpus_per_actor)
     report = ClusterReport()
     for row in summaries.iter_rows():
         report.computed += int(row["computed"])

@@ -19,7 +19,8 @@ import torch
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.detectors.scanning import DecodeLimits, row_columns, score_sources
 from diffsleuth.devices import resolve_dtype
-from diffsleuth.distributed.ray_common import actor_device, default_actors, is_uri, limit_torch_threads
+from diffsleuth.distributed.ray_common import (actor_device, default_actors, is_uri, limit_torch_threads,
+                                                map_on_actors)
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 from diffsleuth.io.guards import decode_path, encode_path, path_kind
@@ -120,15 +121,7 @@ def scan_dataset(inputs: Sequence[str], settings: ActorSettings, actors: int | N
         if not todo:
             return None
         files = ray.data.from_items([{"path": name} for name in todo])
-    return files.map_batches(
-        ScoreImages,
-        fn_constructor_args=(settings,),
-        batch_size=settings.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=pool),
-        num_cpus=cpus_per_actor,
-        num_gpus=settings.gpus_per_actor or None,
-    )
+    return map_on_actors(files, ScoreImages, settings, pool, cpus_per_actor)
 
 
 def write_rows(rows: ray.data.Dataset, output: str, fmt: str) -> None:
