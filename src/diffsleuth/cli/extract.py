@@ -99,18 +99,12 @@ def extract_ray(feature: str, data: list[Path], cache: Path, config: Optional[Pa
         return fail_usage(str(exc).strip("'\""))
     if not records:
         return fail_usage("no images found in the given data")
-    done = 0
     with progress_bar("extract", len(records)) as bar:
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            bar(n)
-
         try:
             with ray_session(address, third_party_level()):
-                report = extract_on_ray(records, job, actors, cpus_per_actor, on_batch=advance)
+                report = extract_on_ray(records, job, actors, cpus_per_actor, on_batch=bar)
         except KeyboardInterrupt:
-            err_console.print(f"interrupted after {done} of {len(records)} images; finished entries are in "
-                              f"{cache}: run the same command to finish")
+            # No count: actors finish batches before the driver hears of them, so it would understate.
+            err_console.print(f"interrupted; every finished entry is in {cache}: run the same command to finish")
             return typer.Exit(EXIT_INTERRUPTED)
     return summarise(feature, report, report.directory or cache)
