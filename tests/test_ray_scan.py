@@ -87,7 +87,12 @@ def test_refuses_a_folder_that_holds_rows_and_names_bad_inputs(local_ray, mixed,
     assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
     result = runner.invoke(app, ["scan", "--ray", str(mixed), "--precision", "fp8", "--output", str(tmp_path / "d")])
     assert result.exit_code == EXIT_USAGE and "fp8" in said(result)
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--device", "cpu", "--output", str(tmp_path / "e")])
+    assert result.exit_code == EXIT_USAGE and "--gpus-per-actor" in said(result)
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--maps", "s3://bucket/maps", "--output",
+                                 str(tmp_path / "f")])
+    assert result.exit_code == EXIT_USAGE and "every node sees" in said(result)
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_resume_scores_only_the_inputs_missing_from_the_folder(local_ray, mixed, tmp_path):
@@ -148,3 +153,85 @@ def test_a_uri_survives_the_output_path_option():
 
     assert restore_uri(str(Path("s3://bucket/scores"))) == "s3://bucket/scores"
     assert restore_uri("/local/scores") == "/local/scores"
+
+
+def cluster_and_local(mixed, tmp_path, *options):
+    """The same scan with ``options`` on a local Ray (rows by path) and in one process (json rows by path)."""
+    local = runner.invoke(app, ["scan", str(mixed), "--format", "json", *options])
+    cluster = runner.invoke(app, ["scan", "--ray", str(mixed), "--output", str(tmp_path / "rows"), "--actors", "1",
+                                  *options])
+    assert cluster.exit_code == local.exit_code, cluster.output
+    return read_rows(tmp_path / "rows", "csv"), pd.DataFrame(json.loads(local.stdout)).set_index("path").sort_index()
+
+
+def test_threshold_changes_the_verdicts_as_in_the_local_scan(local_ray, mixed, tmp_path):
+    default = pd.DataFrame(json.loads(runner.invoke(app, ["scan", str(mixed / "good"), "--format", "json"]).stdout))
+    threshold = round(float(default["score"].median()), 3)  # halfway through the scores: some labels flip
+    rows, local = cluster_and_local(mixed / "good", tmp_path, "--threshold", str(threshold))
+    assert (rows["threshold"] == threshold).all() and (local["threshold"] == threshold).all()
+    assert rows["label"].tolist() == local["label"].tolist()
+    assert rows["verdict"].tolist() == local["verdict"].tolist()
+    assert rows["label"].tolist() != default.set_index("path").sort_index()["label"].tolist()
+    assert rows["label"].tolist() == ["generated" if s >= threshold else "real" for s in rows["score"]]
+
+
+def test_max_bytes_gives_the_local_scans_error_row(local_ray, mixed, tmp_path):
+    sizes = sorted(path.stat().st_size for path in (mixed / "good").iterdir())
+    limit = sizes[len(sizes) // 2]  # the larger half of the files is refused
+    rows, local = cluster_and_local(mixed / "good", tmp_path, "--max-bytes", str(limit))
+    refused = rows["error"].fillna("").str.contains("over the limit")
+    assert 0 < refused.sum() < len(rows)
+    assert refused.tolist() == [Path(path).stat().st_size > limit for path in rows.index]
+    assert rows.loc[refused, "error"].tolist() == local.loc[refused.values, "error"].tolist()
+    assert rows.loc[refused, "score"].isna().all()
+
+
+def test_maps_writes_one_overlay_per_scored_image(local_ray, mixed, tmp_path):
+    from PIL import Image
+
+    from diffsleuth.detectors.score_maps import overlay_name
+
+    maps = tmp_path / "maps"
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--output", str(tmp_path / "rows"), "--actors", "1",
+                                 "--maps", str(maps)])
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    scored = read_rows(tmp_path / "rows", "csv").query("error.isna()", engine="python").index
+    written = sorted(path.name for path in maps.iterdir())
+    assert written == sorted(overlay_name(path) for path in scored) and len(written) > 1
+    assert f"wrote {len(written)} score-map overlays" in said(result)
+    with Image.open(maps / written[0]) as png:
+        assert png.format == "PNG"
+
+
+def test_threads_sets_each_actors_torch_threads(monkeypatch):
+    import torch
+
+    from diffsleuth.cli.scan_ray import actor_settings
+    from diffsleuth.distributed.ray_scan import ScoreImages
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # what the actor's constructor asks for
+    ScoreImages(actor_settings(threads=3))
+    assert calls == [3]
+
+
+def test_max_batch_pixels_bounds_each_decoded_group(mixed, monkeypatch):
+    import torch
+
+    from diffsleuth.cli.scan_ray import actor_settings
+    from diffsleuth.detectors import scanning
+    from diffsleuth.distributed.ray_scan import ScoreImages
+
+    plan, groups = scanning.plan_groups, []
+
+    def spy(costs, budget, batch_size):
+        planned = plan(costs, budget, batch_size)
+        groups.extend(planned)
+        return planned
+
+    monkeypatch.setattr(scanning, "plan_groups", spy)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this process's threads
+    files = sorted((mixed / "good").glob("photo.*"))
+    rows = ScoreImages(actor_settings(max_batch_pixels=1, threads=1))({"path": [str(path) for path in files]})
+    assert all(score is not None for score in rows["score"])
+    assert len(groups) == len(files) and all(len(group) == 1 for group in groups)  # one image decoded at a time

@@ -49,11 +49,13 @@ def scan_exit(counts: dict[str, int], summary: bool) -> typer.Exit:
     return typer.Exit(EXIT_PARTIAL if counts["unreadable"] else EXIT_OK)
 
 
-def write_map(directory: Path, result: ScanResult, max_pixels: int, map_label: str) -> int:
-    """Write one overlay for ``--maps``; 1 if written, 0 (with a warning) if it could not be."""
+def write_map(directory: Path, result: ScanResult, max_pixels: int, map_label: str,
+              source: bytes | None = None) -> int:
+    """Write one overlay for ``--maps`` (also in ``scan --ray``'s actors, whose warnings go to their
+    logs); 1 if written, 0 (with a warning) if it could not be. ``source``: the file's bytes."""
     try:
         write_scan_overlay(directory, result.path, result.score, result.label, result.score_map, max_pixels,
-                           map_label)
+                           map_label, source)
         return 1
     except (OSError, ValueError) as exc:
         err_console.print(f"[yellow]no score map for {result.path}: {exc}[/]", highlight=False)
@@ -92,8 +94,10 @@ def scan(
         help="Read C2PA manifests and generator/camera metadata into the verdict, declared and provenance columns.")] = True,
     ray: Annotated[bool, typer.Option("--ray", help=(
         "Score on a Ray cluster; --output is then a new or empty folder (or URI) of csv/jsonl row files "
-        "(--format table means csv), inputs may be URIs (s3://...); --device, --threads, --cache-dir, "
-        "--maps, --threshold, --max-bytes and --max-batch-pixels are not used. Needs the distributed extra."))] = False,
+        "(--format table means csv), inputs may be URIs (s3://...). The other options apply in every actor "
+        "(--threads: torch threads per actor, default its CPU share; --maps: a folder every node sees; "
+        "--max-bytes: a URI's file is read before its size is checked); --device is refused (actors run on "
+        "CUDA with --gpus-per-actor above 0, else on the CPU). Needs the distributed extra."))] = False,
     address: Annotated[Optional[str], typer.Option(
         help="With --ray: cluster address (e.g. auto); default: the RAY_ADDRESS variable, else a local Ray.")] = None,
     actors: Annotated[Optional[int], typer.Option(
@@ -121,8 +125,14 @@ def scan(
     if ray:
         from diffsleuth.cli.scan_ray import run_ray_scan
 
-        raise run_ray_scan(paths, output, detector, fmt.value, resume, address, actors, cpus_per_actor,
-                           gpus_per_actor, batch_size, precision, max_pixels, summary)
+        if device != "auto":
+            raise fail_usage("--device does not apply with --ray: actors run on CUDA when --gpus-per-actor "
+                             "is above 0, else on the CPU")
+        raise run_ray_scan(paths, output, fmt.value, resume, address, actors, cpus_per_actor, summary,
+                           dict(detector=detector, gpus_per_actor=gpus_per_actor, precision=precision,
+                                batch_size=batch_size, max_pixels=max_pixels, max_bytes=max_bytes,
+                                max_batch_pixels=max_batch_pixels, threshold=threshold, threads=threads,
+                                cache_dir=cache_dir, provenance=provenance, maps=maps))
     from diffsleuth.backbones.loading import BackboneUnavailableError
     from diffsleuth.detectors.base import WeightsError  # torch: imported when a command runs, not for --help
     from diffsleuth.detectors.registry import load_detector

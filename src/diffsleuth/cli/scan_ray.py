@@ -6,14 +6,17 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
 from diffsleuth.cli.app import EXIT_INTERRUPTED, app, err_console, fail_usage, third_party_level
 from diffsleuth.cli.ray_csv import scan_csv_datasink
 from diffsleuth.cli.scan import scan_exit
+from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS, DecodeLimits
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.io.guards import DEFAULT_MAX_BYTES
 
 
 class ClusterFormat(str, Enum):
@@ -58,19 +61,22 @@ def scan_ray(
     """
     err_console.print("note: `scan-ray` is deprecated and will be removed; use `diffsleuth scan --ray` "
                       "(same options)")
-    raise run_ray_scan(inputs, output, detector, fmt.value, resume, address, actors, cpus_per_actor,
-                       gpus_per_actor, batch_size, precision, max_pixels, summary)
+    raise run_ray_scan(inputs, output, fmt.value, resume, address, actors, cpus_per_actor, summary,
+                       dict(detector=detector, gpus_per_actor=gpus_per_actor, precision=precision,
+                            batch_size=batch_size, max_pixels=max_pixels))
 
 
 RAY_FORMATS = {"table": "csv", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
 """Row-file formats of a cluster scan; scan's default ``table`` means CSV row files there."""
 
 
-def run_ray_scan(inputs: list[str], output: object, detector: Optional[str], fmt: str, resume: bool,
-                 address: Optional[str], actors: Optional[int], cpus_per_actor: float, gpus_per_actor: float,
-                 batch_size: int, precision: str, max_pixels: int, summary: bool) -> typer.Exit:
+def run_ray_scan(inputs: list[str], output: object, fmt: str, resume: bool, address: Optional[str],
+                 actors: Optional[int], cpus_per_actor: float, summary: bool, options: dict[str, Any]) -> typer.Exit:
     """Score images on a Ray cluster: each actor loads the detector once; rows as `diffsleuth scan` gives.
 
+    ``options`` are `scan`'s scoring options (``detector``, ``precision``, ``batch_size``, the limits
+    ``max_pixels`` / ``max_bytes`` / ``max_batch_pixels``, ``threshold``, ``threads``,
+    ``cache_dir``, ``provenance``, ``maps``, ``gpus_per_actor``); each actor applies them as `scan` does.
     Rows come in no particular order, one per input, in several files under ``output``, each written
     as soon as its images are scored. Needs the optional extra: pip install 'diffsleuth[distributed]'.
     Returns the exit: 0 every input scored; 3 some inputs could not be read (their rows carry the
@@ -78,8 +84,8 @@ def run_ray_scan(inputs: list[str], output: object, detector: Optional[str], fmt
     """
     try:
         from diffsleuth.distributed.ray_common import ray_session, restore_uri
-        from diffsleuth.distributed.ray_scan import (ActorSettings, RayScanError, count_labels, local_folder_in_use,
-                                                     scan_dataset, write_rows, written_paths)
+        from diffsleuth.distributed.ray_scan import (RayScanError, count_labels, local_folder_in_use, scan_dataset,
+                                                     write_rows, written_paths)
     except ImportError as exc:
         return fail_usage(f"Ray is not installed ({exc}): pip install 'diffsleuth[distributed]'")
     from diffsleuth.detectors.base import WeightsError
@@ -92,9 +98,11 @@ def run_ray_scan(inputs: list[str], output: object, detector: Optional[str], fmt
     if not resume and local_folder_in_use(output):
         return fail_usage(f"{output} is not empty: rows from two scans would mix; choose a new folder or --resume")
     try:
-        settings = ActorSettings(portable_detector(detector), gpus_per_actor, precision, batch_size, max_pixels)
+        settings = actor_settings(**options)
     except (WeightsError, ValueError) as exc:
         return fail_usage(str(exc))
+    maps = Path(settings.maps) if settings.maps is not None else None
+    maps_before = set(maps.glob("*.png")) if maps is not None and maps.is_dir() else set()
 
     try:
         with ray_session(address, third_party_level()):
@@ -115,5 +123,23 @@ def run_ray_scan(inputs: list[str], output: object, detector: Optional[str], fmt
                           "run the same command with --resume to finish")
         return typer.Exit(EXIT_INTERRUPTED)
 
+    if maps is not None:  # the actors wrote them; a failed one is a warning in its actor's log
+        written = len(set(maps.glob("*.png")) - maps_before) if maps.is_dir() else 0
+        err_console.print(f"wrote {written} score-map overlays to {maps}")
     err_console.print(f"{sum(counts.values())} rows in {output}")
     return scan_exit(counts, summary)
+
+
+def actor_settings(detector: Optional[str] = None, maps: Optional[Path] = None, cache_dir: Optional[Path] = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+                   max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS, **rest: Any) -> Any:
+    """`scan`'s options as the settings every actor gets: the same :class:`DecodeLimits` as a local
+    scan, and paths made absolute (actors run elsewhere; a URI given to --maps is refused)."""
+    from diffsleuth.distributed.ray_common import restore_uri
+    from diffsleuth.distributed.ray_scan import ActorSettings
+
+    limits = DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes, max_batch_pixels=max_batch_pixels)
+    folder = None if maps is None else restore_uri(str(maps))
+    return ActorSettings(portable_detector(detector), limits=limits,
+                         maps=folder if folder is None or "://" in folder else str(Path(folder).resolve()),
+                         cache_dir=None if cache_dir is None else str(cache_dir.expanduser().resolve()), **rest)

@@ -68,11 +68,12 @@ def render_overlay(image: Image.Image, score_map: np.ndarray, title: str, out: P
 
 
 def write_scan_overlay(directory: Path, path: str, score: float, label: str, score_map: np.ndarray,
-                       max_pixels: int, map_label: str = PROBABILITY) -> Path:
-    """Decode ``path`` again and write its overlay into ``directory`` under :func:`overlay_name`."""
+                       max_pixels: int, map_label: str = PROBABILITY, source: bytes | None = None) -> Path:
+    """Decode ``path`` again (or ``source``, the file's bytes, for a URI that a cluster read) and
+    write its overlay into ``directory`` under :func:`overlay_name`."""
     from diffsleuth.io.decode import decode_image
 
-    image = decode_image(Path(path), max_pixels=max_pixels)
+    image = decode_image(Path(path) if source is None else source, max_pixels=max_pixels)
     rows, cols = np.asarray(score_map).shape
     title = f"{Path(path).name}: score {score:.3f} ({label}), map {rows}x{cols}"
     return render_overlay(image, score_map, title, directory / overlay_name(path), map_label)

@@ -33,10 +33,12 @@ def actor_device(gpus_per_actor: float) -> torch.device:
     return torch.device("cuda" if gpus_per_actor > 0 else "cpu")
 
 
-def limit_torch_threads() -> None:
-    """Inside an actor: one torch thread per CPU Ray assigned to it."""
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+def limit_torch_threads(threads: int | None = None) -> None:
+    """Inside an actor: ``threads`` torch threads when given (``scan --ray --threads``), else one per
+    CPU Ray assigned to it."""
+    if threads is None:
+        threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(threads)
 
 
 def default_actors(gpus_per_actor: float, cpus_per_actor: float) -> int:

@@ -22,7 +22,6 @@ from diffsleuth.devices import resolve_dtype
 from diffsleuth.distributed.ray_common import (actor_device, default_actors, is_uri, limit_torch_threads,
                                                 map_on_actors)
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
-from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 from diffsleuth.io.guards import decode_path, encode_path, path_kind
 from diffsleuth.provenance import read_provenance
 
@@ -33,16 +32,28 @@ class RayScanError(ValueError):
 
 @dataclass(frozen=True)
 class ActorSettings:
-    """What every scoring actor needs to load the detector the same way."""
+    """What every scoring actor needs to load the detector and score the way ``diffsleuth scan`` does."""
 
     detector: str | None = None
     gpus_per_actor: float = 0.0
     precision: str = "auto"
     batch_size: int = 32
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    limits: DecodeLimits = DecodeLimits()
+    threshold: float | None = None
+    """Label at this threshold instead of the detector's stored one (``--threshold``)."""
+    threads: int | None = None
+    """Torch threads per actor (``--threads``); None: one per CPU Ray gives the actor."""
+    cache_dir: str | None = None
+    """Where the actors keep fetched weight files (``--cache-dir``, as ``$DIFFSLEUTH_CACHE``)."""
+    provenance: bool = True
+    maps: str | None = None
+    """A folder every node sees: the actors write each scored image's overlay there (``--maps``)."""
 
     def __post_init__(self) -> None:
         resolve_dtype(self.device, self.precision)  # a bad precision fails on the driver, not in every actor
+        if self.maps is not None and is_uri(self.maps):
+            raise ValueError(f"--maps writes PNG files into a folder on a file system every node sees, "
+                             f"not to a URI ({self.maps})")
 
     @property
     def device(self) -> torch.device:
@@ -54,24 +65,35 @@ class ActorSettings:
 
 
 class ScoreImages:
-    """Ray Data UDF: one detector per actor, torch limited to the CPUs Ray gave the actor."""
+    """Ray Data UDF: one detector per actor, torch limited to the CPUs Ray gave the actor (or ``threads``)."""
 
     def __init__(self, settings: ActorSettings) -> None:
-        limit_torch_threads()
-        self.model = load_detector(settings.detector, device=settings.device, dtype=settings.dtype)
+        limit_torch_threads(settings.threads)
+        if settings.cache_dir is not None:
+            os.environ["DIFFSLEUTH_CACHE"] = settings.cache_dir
+        self.model = load_detector(settings.detector, device=settings.device, dtype=settings.dtype,
+                                   threshold=settings.threshold)
         self.settings = settings
         self.columns = row_columns(self.model)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        limits = self.settings.limits
         if "bytes" in batch:  # URIs: Ray read the bytes
             names = [str(path) for path in batch["path"]]
             sources = [bytes(data) for data in batch["bytes"]]
         else:  # local files: read here, with the same guards as `diffsleuth scan` (a FIFO never blocks)
             names = [decode_path(str(path)) for path in batch["path"]]
             sources = [Path(name) for name in names]
-        found = [read_provenance(source) for source in sources]
-        results = score_sources(self.model, names, sources, DecodeLimits(max_pixels=self.settings.max_pixels),
-                                self.settings.batch_size, provenance=found)
+        found = [read_provenance(source, max_bytes=limits.max_bytes) if self.settings.provenance else None
+                 for source in sources]
+        results = score_sources(self.model, names, sources, limits, self.settings.batch_size, provenance=found)
+        if self.settings.maps is not None:
+            from diffsleuth.cli.scan import write_map
+
+            for result, source in zip(results, sources):
+                if result.score_map is not None:
+                    write_map(Path(self.settings.maps), result, limits.max_pixels, self.model.score_map_label,
+                              source if isinstance(source, bytes) else None)
         rows = [result.as_row() for result in results]
         return {column: [row.get(column) for row in rows] for column in self.columns}
 
