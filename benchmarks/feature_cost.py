@@ -17,9 +17,9 @@ from collections.abc import Callable
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
-from diffsleuth.features.dire import dire_map
-from diffsleuth.features.dnf import dnf_map
-from diffsleuth.features.lare import lare_map
+from diffsleuth.detectors.dnf.dire import dire_map
+from diffsleuth.detectors.dnf.features import dnf_map
+from diffsleuth.detectors.lare2.features import lare_map
 
 
 def ddpm_bedroom() -> tuple[UNet2DModel, DDPMScheduler]:

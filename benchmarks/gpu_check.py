@@ -35,13 +35,13 @@ from PIL import Image
 
 from diffsleuth.backbones.loading import StableDiffusionParts, load_clip, load_ddpm, load_stable_diffusion
 from diffsleuth.backbones.tiny import make_tiny_clip, make_tiny_ddpm, make_tiny_stable_diffusion
-from diffsleuth.detectors.dnf import build_classifier
-from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, judge_loss
-from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, Lare2Network
+from diffsleuth.detectors.dnf.model import build_classifier
+from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, judge_loss
+from diffsleuth.detectors.lare2.model import Lare2Config, Lare2Detector, Lare2Network
 from diffsleuth.detectors.registry import load_detector
-from diffsleuth.features.dire import dire_map
-from diffsleuth.features.dnf import dnf_map
-from diffsleuth.features.lare import LareConfig, LareExtractor
+from diffsleuth.detectors.dnf.dire import dire_map
+from diffsleuth.detectors.dnf.features import dnf_map
+from diffsleuth.detectors.lare2.features import LareConfig, LareExtractor
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOLERANCE = {"fp16": 0.05, "bf16": 0.15}

@@ -8,11 +8,11 @@ import numpy as np
 from typer.testing import CliRunner
 
 from diffsleuth.cli.main import app
-from diffsleuth.detectors.judge import JudgeDetector
+from diffsleuth.detectors.judge.model import JudgeDetector
 from diffsleuth.evaluation.card_render import render_card
 from diffsleuth.evaluation.out_of_domain import non_photos
 from diffsleuth.settings import config_from_dict
-from diffsleuth.detectors.judge import JudgeConfig
+from diffsleuth.detectors.judge.model import JudgeConfig
 
 
 def test_non_photos_are_seeded_and_of_three_kinds():

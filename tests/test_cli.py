@@ -80,7 +80,7 @@ def test_missing_backbone_fails_fast_with_exit_2_naming_model_folder_and_setting
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: F401
     from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
-    import diffsleuth.features.lare  # noqa: F401
+    import diffsleuth.detectors.lare2.features  # noqa: F401
 
     from conftest import random_photo
     from diffsleuth.backbones import hub

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from conftest import random_photo
-from diffsleuth.detectors.dnf_training import DnfTrainConfig
+from diffsleuth.detectors.dnf.training import DnfTrainConfig
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.detectors.training import split_records
 

@@ -12,11 +12,11 @@ from conftest import random_photo
 from diffsleuth.backbones import load_ddpm
 from diffsleuth.cli.main import app
 from diffsleuth.features.cache import FeatureCache
-from diffsleuth.features.ddim import ddim_invert, ddim_reconstruct, ddim_step, dire_levels, dnf_levels
-from diffsleuth.features.dire import DireConfig, dire_map
-from diffsleuth.features.dnf import dnf_map
+from diffsleuth.detectors.dnf.ddim import ddim_invert, ddim_reconstruct, ddim_step, dire_levels, dnf_levels
+from diffsleuth.detectors.dnf.dire import DireConfig, dire_map
+from diffsleuth.detectors.dnf.features import dnf_map
 from diffsleuth.features.extract import extract_records
-from diffsleuth.features.noise_features import NoiseFeatureConfig, NoiseFeatureExtractor, frame_batch, legacy_quantise
+from diffsleuth.detectors.dnf.noise import NoiseFeatureConfig, NoiseFeatureExtractor, frame_batch, legacy_quantise
 from diffsleuth.io.datasets import load_records
 
 runner = CliRunner()
@@ -126,7 +126,7 @@ def test_cache_key_carries_the_feature_revision(ddpm):
 
 
 def test_dnf_head_starts_from_the_official_initialisation():
-    from diffsleuth.detectors.dnf import build_classifier
+    from diffsleuth.detectors.dnf.model import build_classifier
 
     torch.manual_seed(0)
     weight = build_classifier("resnet18").fc.weight.detach()

@@ -17,8 +17,8 @@ from diffsleuth.cli.main import app
 from diffsleuth.settings import config_from_dict
 from diffsleuth.detectors.base import WeightsError
 from diffsleuth.detectors.image_grid import grid_crops, limit_scale
-from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, count_parameters, judge_loss
-from diffsleuth.detectors.judge_training import (TRAINING_LOG, JudgeTrainConfig, fit_calibration, run,
+from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, count_parameters, judge_loss
+from diffsleuth.detectors.judge.training import (TRAINING_LOG, JudgeTrainConfig, fit_calibration, run,
                                                  train_batch, weight_average)
 from diffsleuth.detectors.registry import SHIPPED, load_detector
 
@@ -111,7 +111,7 @@ def test_training_augmentation_treats_both_classes_alike():
 
 
 def test_history_equalisation_gives_only_generated_images_an_earlier_jpeg():
-    from diffsleuth.detectors.judge_training import degrade
+    from diffsleuth.detectors.judge.training import degrade
     from diffsleuth.io.degrade import jpeg
 
     cfg = tiny_train_config(".", ".", history_quality=[70, 70], jpeg_prob=0.0, rescale_prob=0.0,
@@ -191,7 +191,7 @@ def test_holdout_families_never_reach_training(tmp_path):
         random_photo(i, (48, 48)).save(folder / f"{i}.png")
         rows.append(f"{i}.png,{'real' if i % 2 else 'fake'},g,{'keep' if i % 3 else 'held'}")
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
-    from diffsleuth.detectors.judge_training import usable_splits
+    from diffsleuth.detectors.judge.training import usable_splits
 
     splits = usable_splits(tiny_train_config(folder, tmp_path / "o", holdout_families=["held"]))
     assert all(r.family != "held" for r in splits["train"] + splits["val"])
@@ -216,7 +216,7 @@ def test_split_seed_keeps_the_split_while_the_seed_changes(tmp_path):
 
 
 def test_training_reads_images_at_the_inference_scale_and_repeats_named_families(tmp_path):
-    from diffsleuth.detectors.judge_training import load_images, repeat_families
+    from diffsleuth.detectors.judge.training import load_images, repeat_families
     from diffsleuth.io.datasets import ImageRecord
 
     random_photo(0, (300, 200)).save(tmp_path / "big.png")
@@ -231,7 +231,7 @@ def test_training_reads_images_at_the_inference_scale_and_repeats_named_families
 
 
 def test_native_crops_are_unscaled_seeded_and_skip_small_files(tmp_path):
-    from diffsleuth.detectors.judge_training import add_native_crops, load_images
+    from diffsleuth.detectors.judge.training import add_native_crops, load_images
     from diffsleuth.io.datasets import ImageRecord
 
     random_photo(0, (300, 200)).save(tmp_path / "big.png")
@@ -294,7 +294,7 @@ def test_scan_without_detector_uses_the_shipped_default(tmp_path, shipped):
 
 
 def test_model_card_lists_false_positives_of_real_only_sets():
-    from diffsleuth.detectors.judge_card import debian_text, history_text, real_sets_table
+    from diffsleuth.evaluation.judge_card import debian_text, history_text, real_sets_table
 
     report = {"real_sets": {"debian-photos/val/jpeg:90": {"model_fpr": 0.25, "colour_histogram_fpr": 0.0,
                                                           "n": 4, "rows": []}}}

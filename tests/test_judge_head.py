@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from tiny_onnx import export
 
-from diffsleuth.detectors import judge_head_training
-from diffsleuth.detectors.judge_head_training import JudgeHeadTrainConfig, run, threshold_for_fpr
+from diffsleuth.detectors.judge import head_training as judge_head_training
+from diffsleuth.detectors.judge.head_training import JudgeHeadTrainConfig, run, threshold_for_fpr
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.evaluation.heldout import HoldOut, gather_samples
 from diffsleuth.evaluation.metrics import proportion_interval

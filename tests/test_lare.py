@@ -10,7 +10,7 @@ from conftest import random_photo
 from diffsleuth.backbones.loading import load_stable_diffusion
 from diffsleuth.features.cache import FeatureCache, content_hash
 from diffsleuth.features.extract import extract_records, extractor_spec
-from diffsleuth.features.lare import LareConfig, lare_map, load_lare_extractor
+from diffsleuth.detectors.lare2.features import LareConfig, lare_map, load_lare_extractor
 from diffsleuth.io.datasets import ImageRecord, load_records
 from diffsleuth.io.decode import decode_image
 

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from conftest import random_photo
 from diffsleuth.settings import config_from_dict, config_to_dict
-from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, centre_offset, crop_aligned
+from diffsleuth.detectors.lare2.model import Lare2Config, Lare2Detector, centre_offset, crop_aligned
 from diffsleuth.detectors.registry import load_detector
-from diffsleuth.features.lare import LareConfig
+from diffsleuth.detectors.lare2.features import LareConfig
 
 
 def tiny_config(tiny_sd, tiny_clip, **kw) -> Lare2Config:
@@ -103,7 +103,7 @@ def test_predict_is_deterministic_any_batch_and_survives_save_load(detector, tmp
 
 def test_augmented_training_items_get_lare_of_the_degraded_pixels(detector, tiny_sd, tiny_clip,
                                                                    labelled_folder, tmp_path):
-    from diffsleuth.detectors.lare2_training import Lare2TrainConfig, LareCropDataset, batch_inputs
+    from diffsleuth.detectors.lare2.training import Lare2TrainConfig, LareCropDataset, batch_inputs
     from diffsleuth.features.cache import FeatureCache, content_hash
     from diffsleuth.features.extract import extract_records
     from diffsleuth.io.datasets import load_records
@@ -160,7 +160,7 @@ def test_train_then_scan_on_shared_data(shared_data, tiny_sd, tiny_clip, tmp_pat
 
 
 def test_genimage_val_becomes_test_and_validation_is_held_out_of_train(tmp_path):
-    from diffsleuth.detectors.lare2_training import Lare2TrainConfig, training_splits
+    from diffsleuth.detectors.lare2.training import Lare2TrainConfig, training_splits
 
     for split, count in (("train", 20), ("val", 3)):
         for folder in ("ai", "nature"):
@@ -180,7 +180,7 @@ def test_shipped_genimage_config_parses():
     from pathlib import Path
 
     from diffsleuth.settings import load_json
-    from diffsleuth.detectors.lare2_training import Lare2TrainConfig
+    from diffsleuth.detectors.lare2.training import Lare2TrainConfig
 
     path = Path(__file__).resolve().parent.parent / "configs" / "lare2-genimage.json"
     config = config_from_dict(Lare2TrainConfig, load_json(path))

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffsleuth.backbones.onnx_encoder import CLIP_MEAN, CLIP_STD, OnnxImageEncoder, embed_images
-from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector
+from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.io.preprocess import PreprocessConfig
 from diffsleuth.settings import config_from_dict

@@ -12,10 +12,10 @@ from diffsleuth.settings import ConfigError
 from diffsleuth.registry import LazyRegistry
 
 _DETECTORS: LazyRegistry[type[Detector]] = LazyRegistry("detector", {
-    "judge": "diffsleuth.detectors.judge",
-    "lare2": "diffsleuth.detectors.lare2",
-    "dnf": "diffsleuth.detectors.dnf",
-    "dire": "diffsleuth.detectors.dnf",
+    "judge": "diffsleuth.detectors.judge.model",
+    "lare2": "diffsleuth.detectors.lare2.model",
+    "dnf": "diffsleuth.detectors.dnf.model",
+    "dire": "diffsleuth.detectors.dnf.model",
 })
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # "judge-compact": the 375k-parameter from-scratch judge, kept by name when the default changes.

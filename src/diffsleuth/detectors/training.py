@@ -51,11 +51,11 @@ class TrainerSpec:
 
 
 _TRAINERS: LazyRegistry[TrainerSpec] = LazyRegistry("training recipe", {
-    "judge": "diffsleuth.detectors.judge_training",
-    "judge-head": "diffsleuth.detectors.judge_head_training",
-    "lare2": "diffsleuth.detectors.lare2_training",
-    "dnf": "diffsleuth.detectors.dnf_training",
-    "dire": "diffsleuth.detectors.dnf_training",
+    "judge": "diffsleuth.detectors.judge.training",
+    "judge-head": "diffsleuth.detectors.judge.head_training",
+    "lare2": "diffsleuth.detectors.lare2.training",
+    "dnf": "diffsleuth.detectors.dnf.training",
+    "dire": "diffsleuth.detectors.dnf.training",
 })
 
 

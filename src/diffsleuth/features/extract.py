@@ -40,9 +40,9 @@ class ExtractorSpec:
 
 
 _EXTRACTORS: LazyRegistry[ExtractorSpec] = LazyRegistry("feature", {
-    "lare": "diffsleuth.features.lare",
-    "dnf": "diffsleuth.features.dnf",
-    "dire": "diffsleuth.features.dire",
+    "lare": "diffsleuth.detectors.lare2.features",
+    "dnf": "diffsleuth.detectors.dnf.features",
+    "dire": "diffsleuth.detectors.dnf.dire",
 })
 
 

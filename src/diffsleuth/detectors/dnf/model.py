@@ -20,9 +20,9 @@ from diffsleuth.backbones.loading import load_ddpm
 from diffsleuth.detectors.base import Detector, DetectorConfig
 from diffsleuth.detectors.registry import register_detector
 from diffsleuth.devices import resolve_device
-from diffsleuth.features.dire import DireConfig, dire_map
-from diffsleuth.features.dnf import dnf_map
-from diffsleuth.features.noise_features import NoiseFeatureConfig, NoiseFeatureExtractor
+from diffsleuth.detectors.dnf.dire import DireConfig, dire_map
+from diffsleuth.detectors.dnf.features import dnf_map
+from diffsleuth.detectors.dnf.noise import NoiseFeatureConfig, NoiseFeatureExtractor
 
 ARCHES = ("resnet50", "resnet18")
 

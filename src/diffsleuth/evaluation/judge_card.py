@@ -4,7 +4,7 @@ Kept so that card's numbers can be regenerated exactly; new cards come from ``di
 (:mod:`diffsleuth.evaluation.card`), which works for any detector.
 
 Every number is computed here from the training config (same seeded splits), never typed in:
-``python -m diffsleuth.detectors.judge_card --detector DIR --config CFG`` writes
+``python -m diffsleuth.evaluation.judge_card --detector DIR --config CFG`` writes
 ``card_metrics.json`` and ``MODEL_CARD.md`` into DIR. A colour-histogram logistic regression,
 trained on the same training split, is reported beside the model on every set, because a model
 that only matches it has learned content, not generation traces.
@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from diffsleuth.settings import apply_overrides, config_from_dict, load_json
-from diffsleuth.detectors.judge import JudgeDetector, count_parameters
-from diffsleuth.detectors.judge_training import (JudgeTrainConfig, choose_threshold, degrade,
+from diffsleuth.detectors.judge.model import JudgeDetector, count_parameters
+from diffsleuth.detectors.judge.training import (JudgeTrainConfig, choose_threshold, degrade,
                                                  load_images, repeat_families, usable_splits)
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.detectors.training import split_records
@@ -309,7 +309,7 @@ The paper publishes no code; the loss details, the encoder and the front end are
 - Splits: 70/15/15 train/val/test per file (seeded hash, seed {split_seed}). The checkpoint is chosen by
   validation AUC; calibration and threshold are fitted on validation; test data is only read here.
 - Reproduce: `diffsleuth train judge --config {config}` ({epochs} epochs on 2 CPU cores), then
-  `python -m diffsleuth.detectors.judge_card --detector <output> --config {config}`.
+  `python -m diffsleuth.evaluation.judge_card --detector <output> --config {config}`.
 
 ## Preprocessing (stored in `config.json`, so scanning matches training)
 - Inference: an image whose shorter side exceeds {limit} px is first downscaled (bicubic,

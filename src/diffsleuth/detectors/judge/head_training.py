@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from diffsleuth.backbones.pypi_weights import cache_dir
-from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, judge_loss, trace_similarity
-from diffsleuth.detectors.judge_training import auc_of, fit_calibration
+from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, judge_loss, trace_similarity
+from diffsleuth.detectors.judge.training import auc_of, fit_calibration
 from diffsleuth.detectors.training import TrainConfig, register_trainer, seed_everything
 from diffsleuth.evaluation.heldout import ROLES, HoldOut, Sample, cap_per_source, gather_samples
 from diffsleuth.evaluation.metrics import proportion_interval

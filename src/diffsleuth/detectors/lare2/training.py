@@ -26,7 +26,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 
 from diffsleuth.settings import config_to_dict
-from diffsleuth.detectors.lare2 import Lare2Config, Lare2Detector, centre_offset, crop_aligned
+from diffsleuth.detectors.lare2.model import Lare2Config, Lare2Detector, centre_offset, crop_aligned
 from diffsleuth.detectors.training import (
     TrainConfig,
     best_threshold,
@@ -40,7 +40,7 @@ from diffsleuth.detectors.training import (
 from diffsleuth.devices import resolve_dtype
 from diffsleuth.features.cache import FeatureCache
 from diffsleuth.features.extract import ReencodedExtractor, extract_splits
-from diffsleuth.features.lare import frame_tensor, image_seed, record_prompt
+from diffsleuth.detectors.lare2.features import frame_tensor, image_seed, record_prompt
 from diffsleuth.io.datasets import ImageRecord, stable_fraction
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import blur, jpeg, parse_degradation

@@ -2,7 +2,7 @@
 
 The image is inverted to x_T with S deterministic DDIM steps and reconstructed with S more, over
 the official levels (0, 50, ..., 950 for S = 20) with the predicted x0 clipped to [-1, 1] at every
-step (:mod:`diffsleuth.features.ddim`); DIRE is the absolute pixel difference. It costs 2S UNet
+step (:mod:`diffsleuth.detectors.dnf.ddim`); DIRE is the absolute pixel difference. It costs 2S UNet
 passes per image where DNF costs one.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffsleuth.features.ddim import ddim_invert, ddim_reconstruct
+from diffsleuth.detectors.dnf.ddim import ddim_invert, ddim_reconstruct
 from diffsleuth.features.extract import register_extractor
-from diffsleuth.features.noise_features import NoiseFeatureConfig, NoiseFeatureExtractor, load_noise_extractor
+from diffsleuth.detectors.dnf.noise import NoiseFeatureConfig, NoiseFeatureExtractor, load_noise_extractor
 
 
 @dataclass

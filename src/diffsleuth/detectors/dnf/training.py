@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 
 from diffsleuth.settings import config_to_dict
-from diffsleuth.detectors.dnf import DireDetector, DireDetectorConfig, DnfConfig, DnfDetector, NoiseFeatureDetector
+from diffsleuth.detectors.dnf.model import DireDetector, DireDetectorConfig, DnfConfig, DnfDetector, NoiseFeatureDetector
 from diffsleuth.detectors.training import (
     TrainConfig,
     best_threshold,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffsleuth.features.ddim import dnf_noises
+from diffsleuth.detectors.dnf.ddim import dnf_noises
 from diffsleuth.features.extract import register_extractor
-from diffsleuth.features.noise_features import NoiseFeatureConfig, NoiseFeatureExtractor, load_noise_extractor
+from diffsleuth.detectors.dnf.noise import NoiseFeatureConfig, NoiseFeatureExtractor, load_noise_extractor
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffsleuth.settings import config_to_dict
 from diffsleuth.detectors.image_grid import grid_crops, limit_scale
-from diffsleuth.detectors.judge import JudgeConfig, JudgeDetector, judge_loss
+from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, judge_loss
 from diffsleuth.detectors.training import (
     TrainConfig,
     make_accelerator,

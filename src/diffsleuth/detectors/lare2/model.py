@@ -1,7 +1,7 @@
 """LaRE² (Luo et al., CVPR 2024): CLIP features refined by the Latent Reconstruction Error.
 
 A fully fine-tuned CLIP RN50 image encoder gives the layer-3 map and the attention-pooled
-embedding x_g. LaRE (see :mod:`diffsleuth.features.lare`), pooled to the map's grid, guides two
+embedding x_g. LaRE (see :mod:`diffsleuth.detectors.lare2.features`), pooled to the map's grid, guides two
 refinements (EGRE): a spatial one, where it biases the attention of a global token over the map
 positions (x_s), and a channel one, where its spatial mean gates the map's channels (x_c). A linear
 head on concat(x_g, x_s, x_c) gives real/generated logits.
@@ -26,7 +26,7 @@ from diffsleuth.backbones.loading import load_clip
 from diffsleuth.detectors.base import Detector, DetectorConfig
 from diffsleuth.detectors.registry import register_detector
 from diffsleuth.devices import resolve_device
-from diffsleuth.features.lare import LareConfig, LareExtractor, load_lare_extractor
+from diffsleuth.detectors.lare2.features import LareConfig, LareExtractor, load_lare_extractor
 from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, normalize
 
 CLIP_STRIDE = 32
