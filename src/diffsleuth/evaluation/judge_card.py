@@ -279,9 +279,10 @@ def render_card(report: dict, cfg: JudgeTrainConfig, config_path: str) -> str:
         textures=photo_table(report["textures"]))
 
 
-CARD_TEMPLATE = """# diffsleuth default detector: compact natural-trace judge
+CARD_TEMPLATE = """# diffsleuth judge-compact: compact natural-trace judge (the default detector before v2)
 
-The model `diffsleuth scan` uses when no `--detector` is given. {params:,} parameters,
+Load it with `--detector judge-compact` or `load_detector("judge-compact")`; `diffsleuth scan`
+without `--detector` now uses the CLIP-based judge in `weights/default`. {params:,} parameters,
 {size_mb:.1f} MB of safetensors, CPU-friendly. It outputs P(generated) per image; an image is
 labelled *generated* when P >= {threshold:.3f} (the threshold stored in `config.json`).
 
