@@ -219,3 +219,20 @@ def test_cli_extract_train_and_scan(tiny_ddpm, tmp_path, shared_data):
 
 def test_dire_config_defaults_to_twenty_steps():
     assert DireConfig().num_steps == 20
+
+
+def test_a_half_precision_unet_leaves_the_ddim_trajectory_in_float32(ddpm):
+    """Only the UNet runs in bf16: a half-precision state loses the image where DDIM divides by
+    sqrt(alpha_bar) (about 0.006 at DIRE's top level), which once cost DIRE in bf16 half its value."""
+    import copy
+
+    unet, scheduler = ddpm
+    half = copy.deepcopy(unet).to(torch.bfloat16)
+    seen = []
+    half.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    x = images(1, 16)
+    x_t = ddim_invert(half, scheduler, x, 2)
+    assert x_t.dtype == torch.float32 and seen == [torch.bfloat16] * 2
+    assert ddim_reconstruct(half, scheduler, x_t, 2).dtype == torch.float32
+    assert all(noise.dtype == torch.float32 for noise in dnf_map(half, scheduler, x, 2, return_stack=True))
+    assert dire_map(half, scheduler, x.to(torch.bfloat16), 2).dtype == torch.float32

@@ -13,6 +13,11 @@ DIRE lands on the same timesteps as theirs:
   last step goes to alpha_bar = 1 (the predicted clean image). Every step clips the predicted x0
   to [-1, 1] and re-derives the noise from the clipped x0, as guided-diffusion's
   ``clip_denoised=True`` does.
+
+Precision: the trajectory x_t and every DDIM step stay in float32 whatever the UNet's dtype; only
+the UNet's input is cast to its dtype, and its output back. An fp16 / bf16 state loses the image
+at the top levels, where x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) divides by sqrt(abar) ~ 0.006
+(DIRE's level 950), and the error then compounds over the 2S steps. In float32 nothing is cast.
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ def dire_levels(scheduler, num_steps: int) -> list[int]:
 
 
 def predict_noise(unet: nn.Module, x: torch.Tensor, timestep: int) -> torch.Tensor:
+    """The UNet's noise for ``x`` at ``timestep``, computed in the UNet's dtype, returned in ``x``'s."""
     steps = torch.full((x.shape[0],), int(timestep), device=x.device, dtype=torch.long)
-    return unet(x, steps).sample
+    weights = next(iter(unet.parameters()), None)
+    model_dtype = x.dtype if weights is None else weights.dtype
+    return unet(x.to(model_dtype), steps).sample.to(x.dtype)
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_from: float, abar_to: float,
@@ -67,7 +75,7 @@ def _abar(scheduler, timestep: int) -> float:
 def dnf_noises(unet: nn.Module, scheduler, x0: torch.Tensor, num_steps: int) -> list[torch.Tensor]:
     """The K noises predicted along a deterministic inversion from x0 over :func:`dnf_levels`."""
     levels = dnf_levels(scheduler, num_steps)
-    x, noises = x0, []
+    x, noises = x0.float(), []
     for index, (here, there) in enumerate(zip(levels[:-1], levels[1:])):
         eps = predict_noise(unet, x, here)
         noises.append(eps)
@@ -80,7 +88,7 @@ def dnf_noises(unet: nn.Module, scheduler, x0: torch.Tensor, num_steps: int) -> 
 def ddim_invert(unet: nn.Module, scheduler, x0: torch.Tensor, num_steps: int, clip: bool = True) -> torch.Tensor:
     """Deterministic inversion x0 -> x_T over :func:`dire_levels` (S UNet passes)."""
     levels = dire_levels(scheduler, num_steps)
-    x = x0
+    x = x0.float()
     for index, here in enumerate(levels):
         there = _abar(scheduler, levels[index + 1]) if index + 1 < len(levels) else 0.0
         x = ddim_step(x, predict_noise(unet, x, here), _abar(scheduler, here), there, clip)
@@ -92,7 +100,7 @@ def ddim_reconstruct(unet: nn.Module, scheduler, x_t: torch.Tensor, num_steps: i
                      clip: bool = True) -> torch.Tensor:
     """Deterministic sampling x_T -> x0 over the same levels as :func:`ddim_invert` (S passes)."""
     levels = dire_levels(scheduler, num_steps)
-    x = x_t
+    x = x_t.float()
     for index in range(len(levels) - 1, -1, -1):
         there = _abar(scheduler, levels[index - 1]) if index > 0 else 1.0
         x = ddim_step(x, predict_noise(unet, x, levels[index]), _abar(scheduler, levels[index]), there, clip)

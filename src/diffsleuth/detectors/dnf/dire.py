@@ -27,7 +27,7 @@ class DireConfig(NoiseFeatureConfig):
 def dire_map(unet: nn.Module, scheduler, images: torch.Tensor, num_steps: int = 20) -> torch.Tensor:
     """images (B, 3, H, W) in [-1, 1] -> |x0 - reconstruct(invert(x0))|, float (B, 3, H, W)."""
     x_t = ddim_invert(unet, scheduler, images, num_steps)
-    return (images - ddim_reconstruct(unet, scheduler, x_t, num_steps)).abs().float()
+    return (images.float() - ddim_reconstruct(unet, scheduler, x_t, num_steps)).abs()
 
 
 @register_extractor("dire", DireConfig)

@@ -88,8 +88,8 @@ class NoiseFeatureExtractor(nn.Module):
     @torch.no_grad()
     def compute(self, images: Sequence[Image.Image], jpeg_sources: Sequence[bool] | None = None) -> torch.Tensor:
         """(B, 3, size, size) float32 features on the CPU."""
-        parameter = next(self.unet.parameters())
-        pixels = frame_batch(images, self.config.size).to(parameter.device, parameter.dtype)
+        # float32 frame in any precision: the DDIM code casts only the UNet's input (see ddim.py)
+        pixels = frame_batch(images, self.config.size).to(next(self.unet.parameters()).device)
         feature = self.feature(self.unet, self.scheduler, pixels, num_steps=self.config.num_steps).float()
         if self.config.legacy:
             sources = jpeg_sources or [False] * len(images)
