@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
-
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -123,6 +123,10 @@ def test_cache_key_carries_the_feature_revision(ddpm):
     unet, scheduler = ddpm
     key = NoiseFeatureExtractor("dnf", NoiseFeatureConfig(backbone="tiny"), unet, scheduler, dnf_map).cache_config()
     assert key["revision"] == 2
+    # half-precision entries made before the DDIM trajectory moved to float32 must not be reused
+    half = copy.deepcopy(unet).to(torch.float16)
+    half_key = NoiseFeatureExtractor("dnf", NoiseFeatureConfig(backbone="tiny"), half, scheduler, dnf_map).cache_config()
+    assert half_key["dtype"] == "float16" and half_key["revision"] == 3
 
 
 def test_dnf_head_starts_from_the_official_initialisation():

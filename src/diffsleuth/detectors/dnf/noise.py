@@ -30,6 +30,8 @@ FEATURE_REVISION = 2
 """Part of the cache key: bumped whenever the computation changes for the same settings
 (2: torchvision float resize and the official DDIM levels / x0 clipping), so stale entries of an
 older version are never reused."""
+HALF_PRECISION_REVISION = 3
+"""The same for fp16/bf16 entries: 3 when the DDIM trajectory moved to float32 (fp32 unchanged)."""
 
 
 @dataclass
@@ -83,7 +85,10 @@ class NoiseFeatureExtractor(nn.Module):
 
     def cache_config(self) -> dict:
         dtype = str(next(self.unet.parameters()).dtype).removeprefix("torch.")
-        return {"feature": self.name, **config_to_dict(self.config), "dtype": dtype, "revision": FEATURE_REVISION}
+        # half precision changed at revision 3 (the DDIM trajectory moved to float32); float32 did not,
+        # so its entries keep revision 2 and stay valid
+        revision = FEATURE_REVISION if dtype == "float32" else HALF_PRECISION_REVISION
+        return {"feature": self.name, **config_to_dict(self.config), "dtype": dtype, "revision": revision}
 
     @torch.no_grad()
     def compute(self, images: Sequence[Image.Image], jpeg_sources: Sequence[bool] | None = None) -> torch.Tensor:
