@@ -235,3 +235,39 @@ def test_max_batch_pixels_bounds_each_decoded_group(mixed, monkeypatch):
     rows = ScoreImages(actor_settings(max_batch_pixels=1, threads=1))({"path": [str(path) for path in files]})
     assert all(score is not None for score in rows["score"])
     assert len(groups) == len(files) and all(len(group) == 1 for group in groups)  # one image decoded at a time
+
+
+def test_cache_dir_is_where_each_actor_looks_for_weight_files(monkeypatch, tmp_path):
+    import os
+
+    import torch
+
+    from diffsleuth.cli.scan_ray import actor_settings
+    from diffsleuth.distributed import ray_scan
+
+    seen = []
+    monkeypatch.setenv("DIFFSLEUTH_CACHE", "/somewhere/else")  # restored after the test
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(ray_scan, "load_detector", lambda *a, **k: seen.append(os.environ["DIFFSLEUTH_CACHE"]))
+    monkeypatch.setattr(ray_scan, "row_columns", lambda model: [])
+    ray_scan.ScoreImages(actor_settings(cache_dir=tmp_path / "weights", threads=1))
+    assert seen == [str((tmp_path / "weights").resolve())]  # set before the detector (and its encoder) loads
+
+
+@pytest.mark.parametrize("provenance", [True, False])
+def test_no_provenance_skips_reading_metadata_in_the_actor(mixed, monkeypatch, provenance):
+    import torch
+
+    from diffsleuth.cli.scan_ray import actor_settings
+    from diffsleuth.distributed import ray_scan
+
+    read = []
+    real_reader = ray_scan.read_provenance
+    monkeypatch.setattr(ray_scan, "read_provenance", lambda source, **k: read.append(source) or real_reader(source, **k))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    files = sorted((mixed / "good").glob("photo.*"))
+    rows = ray_scan.ScoreImages(actor_settings(provenance=provenance, threads=1))({"path": [str(p) for p in files]})
+    assert len(read) == (len(files) if provenance else 0)
+    assert all(score is not None for score in rows["score"])
+    if not provenance:
+        assert rows["declared"] == [None] * len(files) and rows["provenance"] == [None] * len(files)
