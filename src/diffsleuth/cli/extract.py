@@ -86,11 +86,10 @@ def extract_ray(feature: str, data: list[Path], cache: Path, config: Optional[Pa
                 batch_size: int, precision: str, address: Optional[str], actors: Optional[int],
                 cpus_per_actor: float, gpus_per_actor: float) -> typer.Exit:
     """``extract --ray``: the same cache entries and summary as one process, from a pool of Ray actors."""
-    try:
-        from diffsleuth.distributed.ray_common import ray_session
-        from diffsleuth.distributed.ray_extract import ExtractSettings, extract_on_ray
-    except ImportError as exc:
-        return fail_usage(f"Ray is not installed ({exc}): pip install 'diffsleuth[distributed]'")
+    require("distributed", "diffsleuth extract --ray")
+    from diffsleuth.distributed.ray_common import ray_session
+    from diffsleuth.distributed.ray_extract import ExtractSettings, extract_on_ray
+
     try:
         settings = apply_overrides(load_json(config) if config else {}, set_ or [])
         job = ExtractSettings(feature, settings, str(cache.resolve()), batch_size, precision, gpus_per_actor)

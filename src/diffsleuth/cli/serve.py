@@ -8,6 +8,7 @@ import typer
 
 from diffsleuth.cli.app import app, fail_usage
 from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS
+from diffsleuth.extras import require
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 from diffsleuth.server.limits import ServiceLimits, uvicorn_config
 
@@ -43,12 +44,10 @@ def serve(
     max_header_bytes: Annotated[int, typer.Option(min=1, help="Largest request head.")] = _D.max_header_bytes,
 ) -> None:
     """Serve the web page at /, POST /v1/scan (multipart files) and GET /health, with the limits above."""
-    try:
-        import uvicorn
+    require("server", "diffsleuth serve")
+    import uvicorn
 
-        from diffsleuth.server.app import create_app
-    except ImportError as exc:
-        raise fail_usage(f"the server needs its extra: pip install 'diffsleuth[server]' ({exc})") from exc
+    from diffsleuth.server.app import create_app
     from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
     from diffsleuth.detectors.base import WeightsError
     from diffsleuth.detectors.registry import load_detector, resolve_detector_path
