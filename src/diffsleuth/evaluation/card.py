@@ -27,7 +27,7 @@ from PIL import Image
 
 from diffsleuth.detectors.base import Detector
 from diffsleuth.evaluation.heldout import UNSEEN_ROLES, HoldOut, Sample, cap_per_source, gather_samples
-from diffsleuth.evaluation.metrics import binary_metrics, proportion_interval
+from diffsleuth.evaluation.metrics import binary_metrics, flag_rate
 from diffsleuth.evaluation.out_of_domain import non_photos as make_non_photos
 from diffsleuth.evaluation.out_of_domain import wheel_photos
 from diffsleuth.io.decode import decode_image
@@ -67,12 +67,6 @@ def training_config(folder: Path | None) -> dict:
     if folder is None or not (folder / TRAINING_LOG).is_file():
         return {}
     return json.loads((folder / TRAINING_LOG).read_text(encoding="utf-8")).get("training_config", {})
-
-
-def flag_rate(flags: np.ndarray) -> dict:
-    k, n = int(np.sum(flags)), int(np.size(flags))
-    low, high = proportion_interval(k, n)
-    return {"rate": k / n if n else float("nan"), "k": k, "n": n, "ci95": [low, high]}
 
 
 def summarise(labels: np.ndarray, scores: np.ndarray, threshold: float, n_bootstrap: int, seed: int) -> dict:

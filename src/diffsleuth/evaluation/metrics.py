@@ -69,6 +69,13 @@ def proportion_interval(k: int, n: int, level: float = 0.95) -> tuple[float, flo
     return float(interval.low), float(interval.high)
 
 
+def flag_rate(flags: np.ndarray) -> dict:
+    """A measured proportion of flagged images with its exact (Clopper-Pearson) 95% interval."""
+    k, n = int(np.sum(flags)), int(np.size(flags))
+    low, high = proportion_interval(k, n)
+    return {"rate": k / n if n else float("nan"), "k": k, "n": n, "ci95": [low, high]}
+
+
 def reliability_bins(labels: Sequence[int], scores: Sequence[float], n_bins: int = 15) -> list[dict]:
     """Equal-width bins of P(generated): per bin its count, mean score and observed fraction generated."""
     y, s = _as_arrays(labels, scores)

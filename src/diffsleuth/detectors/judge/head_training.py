@@ -35,7 +35,7 @@ from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, judge_l
 from diffsleuth.detectors.judge.training import auc_of, fit_calibration
 from diffsleuth.detectors.training import TrainConfig, register_trainer, seed_everything
 from diffsleuth.evaluation.heldout import ROLES, HoldOut, Sample, cap_per_source, gather_samples
-from diffsleuth.evaluation.metrics import proportion_interval
+from diffsleuth.evaluation.metrics import flag_rate
 from diffsleuth.features.cache import FeatureCache, content_hash
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import parse_degradation
@@ -138,13 +138,6 @@ def threshold_for_fpr(real_probs: np.ndarray, target_fpr: float) -> float:
     return float(np.nextafter(ordered[allowed], np.float32(np.inf)))
 
 
-def rate(flags: np.ndarray) -> dict:
-    """A measured proportion with its exact (Clopper-Pearson) 95% interval."""
-    k, n = int(np.sum(flags)), int(np.size(flags))
-    low, high = proportion_interval(k, n)
-    return {"rate": k / n if n else float("nan"), "k": k, "n": n, "ci95": [low, high]}
-
-
 def training_rows(samples: Sequence[Sample], features: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every view of every training image under every degradation, with its label."""
     rows, labels = [], []
@@ -218,8 +211,8 @@ def operating_point(model: JudgeDetector, samples: Sequence[Sample], features: d
         for label, name in ((0, "fpr"), (1, "tpr")):
             mask = labels == label
             if mask.any():
-                block[name] = rate(flagged[mask])
-                block[f"{name}_by_source"] = {src: rate(flagged[mask & (np.array(sources) == src)])
+                block[name] = flag_rate(flagged[mask])
+                block[f"{name}_by_source"] = {src: flag_rate(flagged[mask & (np.array(sources) == src)])
                                               for src in sorted({s for s, m in zip(sources, mask) if m})}
         point[role] = block
     return point
