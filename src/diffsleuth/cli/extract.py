@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from diffsleuth.cli.app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_backbone, fail_usage,
                                 third_party_level)
 from diffsleuth.extras import require
-from diffsleuth.io.datasets import DatasetError, load_records
+from diffsleuth.io.datasets import DatasetError, ImageRecord, load_records
 from diffsleuth.progress import progress as progress_bar
 from diffsleuth.settings import apply_overrides, config_from_dict, config_to_dict, load_json
 
@@ -45,8 +45,15 @@ def extract(
     Exit codes: 0 all extracted; 3 some files could not be read (listed); 2 usage; 130 interrupted.
     """
     require("research", f"diffsleuth extract {feature}")
+    try:
+        settings = apply_overrides(load_json(config) if config else {}, set_ or [])
+        records = [r for root in data for r in load_records(root)]
+    except (KeyError, ValueError, DatasetError, OSError) as exc:
+        raise fail_usage(str(exc).strip("'\"")) from exc
+    if not records:
+        raise fail_usage("no images found in the given data")
     if ray:
-        raise extract_ray(feature, data, cache, config, set_, batch_size, precision, address, actors,
+        raise extract_ray(feature, records, settings, cache, batch_size, precision, address, actors,
                           cpus_per_actor, gpus_per_actor)
     from diffsleuth.backbones.loading import BackboneUnavailableError  # torch: only when the command runs
     from diffsleuth.devices import resolve_device, resolve_dtype
@@ -55,14 +62,10 @@ def extract(
 
     try:
         spec = extractor_spec(feature)
-        settings = apply_overrides(load_json(config) if config else {}, set_ or [])
         cfg = config_from_dict(spec.config_class, settings)
         torch_device = resolve_device(device)
-        records = [r for root in data for r in load_records(root)]
-    except (KeyError, ValueError, DatasetError, OSError) as exc:
+    except (KeyError, ValueError) as exc:
         raise fail_usage(str(exc).strip("'\"")) from exc
-    if not records:
-        raise fail_usage("no images found in the given data")
     try:
         extractor = spec.build(cfg, torch_device, resolve_dtype(torch_device, precision))
     except BackboneUnavailableError as exc:
@@ -82,22 +85,20 @@ def summarise(feature: str, report: ExtractionReport, directory: object) -> type
     return typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
 
 
-def extract_ray(feature: str, data: list[Path], cache: Path, config: Optional[Path], set_: Optional[list[str]],
-                batch_size: int, precision: str, address: Optional[str], actors: Optional[int],
-                cpus_per_actor: float, gpus_per_actor: float) -> typer.Exit:
-    """``extract --ray``: the same cache entries and summary as one process, from a pool of Ray actors."""
+def extract_ray(feature: str, records: list[ImageRecord], settings: dict[str, Any], cache: Path, batch_size: int,
+                precision: str, address: Optional[str], actors: Optional[int], cpus_per_actor: float,
+                gpus_per_actor: float) -> typer.Exit:
+    """``extract --ray``: the same cache entries and summary as one process, from a pool of Ray actors.
+
+    ``records`` and ``settings`` come parsed from :func:`extract`, so both paths refuse bad input alike."""
     require("distributed", "diffsleuth extract --ray")
     from diffsleuth.distributed.ray_common import ray_session
     from diffsleuth.distributed.ray_extract import ExtractSettings, extract_on_ray
 
     try:
-        settings = apply_overrides(load_json(config) if config else {}, set_ or [])
         job = ExtractSettings(feature, settings, str(cache.resolve()), batch_size, precision, gpus_per_actor)
-        records = [r for root in data for r in load_records(root)]
-    except (KeyError, ValueError, DatasetError, OSError) as exc:
+    except (KeyError, ValueError, OSError) as exc:
         return fail_usage(str(exc).strip("'\""))
-    if not records:
-        return fail_usage("no images found in the given data")
     with progress_bar("extract", len(records)) as bar:
         try:
             with ray_session(address, third_party_level()):
