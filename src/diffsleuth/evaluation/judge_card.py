@@ -29,7 +29,7 @@ from diffsleuth.detectors.judge.training import (JudgeTrainConfig, choose_thresh
                                                  load_images, repeat_families, usable_splits)
 from diffsleuth.detectors.registry import load_detector
 from diffsleuth.detectors.training import split_records
-from diffsleuth.evaluation.card import colour_histogram
+from diffsleuth.evaluation.card import HistogramBaseline
 from diffsleuth.evaluation.metrics import binary_metrics
 from diffsleuth.evaluation.out_of_domain import wheel_photos
 from diffsleuth.io.datasets import load_records
@@ -41,21 +41,6 @@ TEXTURES = ("brick.png", "grass.png", "gravel.png")
 WALLPAPERS = Path(__file__).resolve().parents[1] / "configs" / "mate-nature-photos.csv"
 DEBIAN_ROOT = "debian-photos"  # stem of the package manifest, also its family name
 HEADLINE = ("auc", "ap", "acc", "real_acc", "fake_acc", "tpr_at_5fpr", "eer")
-
-
-class HistogramBaseline:
-    """Logistic regression on colour histograms, trained on the same degraded training images."""
-
-    def __init__(self, train_images: Sequence[Image.Image], labels: Sequence[int]) -> None:
-        from sklearn.linear_model import LogisticRegression
-
-        feats = np.stack([colour_histogram(img) for img in train_images])
-        self.model = LogisticRegression(C=10.0, class_weight="balanced", max_iter=2000).fit(feats, labels)
-        self.threshold = 0.5
-
-    def scores(self, images: Sequence[Image.Image]) -> np.ndarray:
-        feats = np.stack([colour_histogram(img) for img in images])
-        return self.model.predict_proba(feats)[:, 1]
 
 
 def model_scores(model: JudgeDetector, images: Sequence[Image.Image]) -> np.ndarray:
@@ -108,6 +93,8 @@ def evaluate(detector_dir: Path, cfg: JudgeTrainConfig) -> dict:
     rng = random.Random(cfg.seed)
     train_images = [degrade(img, r.label, cfg, rng)
                     for img, r in zip(load_images(train_records, limit, "baseline train"), train_records)]
+    # Trained on the same degraded training images; its threshold is then re-chosen on validation
+    # reals at the model's target FPR.
     baseline = HistogramBaseline(train_images, [r.label for r in train_records])
     val_records = splits["val"]
     val_images = [degrade(img, r.label, cfg, random.Random(f"{cfg.data_seed}:{r.path.name}"))
@@ -151,14 +138,15 @@ def evaluate(detector_dir: Path, cfg: JudgeTrainConfig) -> dict:
             entry["held_out"] = family in held
             report["families"][family] = entry
 
-    report["wheel_photos"] = photo_scores(model, baseline, wheel_photos())
+    photos = wheel_photos()
+    report["wheel_photos"] = photo_scores(model, baseline, photos)
     walls = wallpapers()
     report["wallpapers"] = photo_scores(model, baseline, walls)
     shipped_limit = model.config.max_short_side
     model.config.max_short_side = None
     report["wallpapers_native"] = photo_scores(model, baseline, walls)
     model.config.max_short_side = shipped_limit
-    textures = {k: v for k, v in wheel_photos().items() if k.split(":")[1] in TEXTURES}
+    textures = {k: v for k, v in photos.items() if k.split(":")[1] in TEXTURES}
     report["textures"] = photo_scores(model, baseline, textures)
     return report
 
