@@ -17,15 +17,14 @@ def _scores(model, files: list[Path], batch_size: int) -> tuple[list[float], int
     scores rows show), and how many files could not be read."""
     from PIL import Image
 
-    from diffsleuth.detectors.scanning import decode_or_error
-    from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+    from diffsleuth.detectors.scanning import DecodeLimits, decode_or_error
 
     from diffsleuth.progress import progress
 
     scores, unreadable = [], 0
     with progress("scoring", len(files)) as advance:
         for start in range(0, len(files), batch_size):
-            decoded = [decode_or_error(path, DEFAULT_MAX_PIXELS) for path in files[start:start + batch_size]]
+            decoded = [decode_or_error(path, limits=DecodeLimits()) for path in files[start:start + batch_size]]
             images = [item for item in decoded if isinstance(item, Image.Image)]
             unreadable += len(decoded) - len(images)
             scores += [p.score for p in model.predict(images, batch_size=batch_size)] if images else []

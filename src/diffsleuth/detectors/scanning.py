@@ -74,10 +74,9 @@ class ScanResult:
         return {k: encode_path(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
-def decode_or_error(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None,
-                    limits: DecodeLimits | None = None) -> Image.Image | ImageDecodeError:
+def decode_or_error(source: Source, name: str | None = None,
+                    limits: DecodeLimits = DecodeLimits()) -> Image.Image | ImageDecodeError:
     """The decoded image, or the error that names why it could not be read."""
-    limits = limits or DecodeLimits(max_pixels=max_pixels)
     try:
         return decode_image(source, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
                             max_aspect=limits.max_aspect, name=name)
@@ -186,20 +185,16 @@ def scan_paths(
     detector: Detector,
     paths: Sequence[Path],
     batch_size: int = 32,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     on_progress: Callable[[int], None] | None = None,
     workers: int = 4,
     provenance: bool = True,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    limits: DecodeLimits | None = None,
+    limits: DecodeLimits = DecodeLimits(),
 ) -> Iterator[ScanResult]:
     """Yield one :class:`ScanResult` per path, in input order; ``on_progress(n)`` after each batch.
 
     With ``provenance`` each result carries what the file's metadata says (C2PA, generator
-    settings, IPTC, EXIF), read from at most ``max_bytes`` of the file (``limits.max_bytes`` when
-    ``limits`` is given).
+    settings, IPTC, EXIF), read from at most ``limits.max_bytes`` of the file.
     """
-    limits = limits or DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes)
 
     def read(path: Path) -> Provenance | None:
         return read_provenance(path, max_bytes=limits.max_bytes) if provenance else None
