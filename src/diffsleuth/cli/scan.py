@@ -14,8 +14,8 @@ from diffsleuth.cli.scan_output import (AtomicOutput, OutputFormat, OutputWriteE
                                         output_problem, render, written_rows)
 from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
 from diffsleuth.cli.weights import configure_runtime
-from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS, DecodeLimits, ScanResult, row_columns, scan_paths
-from diffsleuth.detectors.score_maps import write_scan_overlay
+from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS, DecodeLimits, row_columns, scan_paths
+from diffsleuth.detectors.score_maps import write_map
 from diffsleuth.io.datasets import expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 from diffsleuth.io.guards import DEFAULT_MAX_BYTES, encode_path
@@ -47,19 +47,6 @@ def scan_exit(counts: dict[str, int], summary: bool) -> typer.Exit:
     if counts["unreadable"]:
         err_console.print(f"[yellow]{counts['unreadable']} of {scanned} inputs could not be scored[/]")
     return typer.Exit(EXIT_PARTIAL if counts["unreadable"] else EXIT_OK)
-
-
-def write_map(directory: Path, result: ScanResult, max_pixels: int, map_label: str,
-              source: bytes | None = None) -> int:
-    """Write one overlay for ``--maps`` (also in ``scan --ray``'s actors, whose warnings go to their
-    logs); 1 if written, 0 (with a warning) if it could not be. ``source``: the file's bytes."""
-    try:
-        write_scan_overlay(directory, result.path, result.score, result.label, result.score_map, max_pixels,
-                           map_label, source)
-        return 1
-    except (OSError, ValueError) as exc:
-        err_console.print(f"[yellow]no score map for {result.path}: {exc}[/]", highlight=False)
-        return 0
 
 
 @app.command()

@@ -20,8 +20,15 @@ import hashlib
 import re
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image
+
+from diffsleuth.progress import console
+
+if TYPE_CHECKING:
+    from diffsleuth.detectors.scanning import ScanResult
 
 DISPLAY_MAX_SIDE = 1024  # the picture is shrunk to this for the overlay
 PROBABILITY = "P(generated)"
@@ -77,3 +84,17 @@ def write_scan_overlay(directory: Path, path: str, score: float, label: str, sco
     rows, cols = np.asarray(score_map).shape
     title = f"{Path(path).name}: score {score:.3f} ({label}), map {rows}x{cols}"
     return render_overlay(image, score_map, title, directory / overlay_name(path), map_label)
+
+
+def write_map(directory: Path, result: ScanResult, max_pixels: int, map_label: str,
+              source: bytes | None = None) -> int:
+    """Write one overlay for ``--maps`` (also in ``scan --ray``'s actors, whose warnings go to their
+    logs, so this lives outside the CLI); 1 if written, 0 (with a warning) if it could not be.
+    ``source``: the file's bytes."""
+    try:
+        write_scan_overlay(directory, result.path, result.score, result.label, result.score_map, max_pixels,
+                           map_label, source)
+        return 1
+    except (OSError, ValueError) as exc:
+        console.print(f"[yellow]no score map for {result.path}: {exc}[/]", highlight=False)
+        return 0

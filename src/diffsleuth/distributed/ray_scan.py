@@ -88,7 +88,7 @@ class ScoreImages:
                  for source in sources]
         results = score_sources(self.model, names, sources, limits, self.settings.batch_size, provenance=found)
         if self.settings.maps is not None:
-            from diffsleuth.cli.scan import write_map
+            from diffsleuth.detectors.score_maps import write_map
 
             for result, source in zip(results, sources):
                 if result.score_map is not None:
