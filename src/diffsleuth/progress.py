@@ -24,19 +24,17 @@ console = Console(stderr=True)
 error_console = Console(stderr=True)
 """Errors: printed under ``--quiet`` too."""
 
-_settings = {"quiet": False}
 _active: list[Progress] = []
 
 
 def set_quiet(quiet: bool) -> None:
     """``--quiet``: no bars, and nothing printed through :data:`console` (progress messages, warnings)."""
-    _settings["quiet"] = quiet
     console.quiet = quiet
 
 
 def progress_enabled() -> bool:
     """Whether a bar would show now: stderr is a terminal and ``--quiet`` was not given."""
-    return sys.stderr.isatty() and not _settings["quiet"]
+    return sys.stderr.isatty() and not console.quiet
 
 
 @contextlib.contextmanager
@@ -89,5 +87,5 @@ def track(items: Iterable[T], description: str, total: int | None = None,
 
 def echo(message: str) -> None:
     """A progress message on stderr (kept above a live bar); silent under ``--quiet``."""
-    if not _settings["quiet"]:
+    if not console.quiet:
         console.print(message, highlight=False, markup=False, soft_wrap=True)
