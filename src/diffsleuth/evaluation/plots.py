@@ -16,6 +16,7 @@ import numpy as np
 
 from diffsleuth.extras import require
 from diffsleuth.evaluation.metrics import reliability_bins
+from diffsleuth.evaluation.reports import enough_for_ci
 from diffsleuth.evaluation.runner import ScoredSet, group_selections
 
 MAX_CURVES = 7
@@ -163,7 +164,7 @@ def bars_plot(rows: dict[str, dict], min_count: int, family_of: dict[str, str] |
 
     bal = column("balanced_acc")
     ci = np.array([rows[n]["ci"].get("balanced_acc", [np.nan, np.nan])
-                   if min(rows[n].get("n_real", 0), rows[n].get("n_fake", 0)) >= min_count else [np.nan, np.nan]
+                   if enough_for_ci(rows[n], min_count) else [np.nan, np.nan]
                    for n in names], dtype=float)
     fig, ax = plt.subplots(figsize=(8.5, 0.34 * len(names) + 1.8))
     ax.barh(y + 0.27, bal, 0.27, label=f"balanced accuracy (95% CI for >= {min_count} images a class)",

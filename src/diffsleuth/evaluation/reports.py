@@ -39,11 +39,11 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def enough_for_ci(row: dict) -> bool:
-    """Whether both classes of a row have at least MIN_CI_COUNT images (robustness rows: n only)."""
+def enough_for_ci(row: dict, min_count: int = MIN_CI_COUNT) -> bool:
+    """Whether both classes of a row have at least ``min_count`` images (robustness rows: n only)."""
     if "n_real" in row or "n_fake" in row:
-        return min(row.get("n_real") or 0, row.get("n_fake") or 0) >= MIN_CI_COUNT
-    return (row.get("n") or 0) >= 2 * MIN_CI_COUNT
+        return min(row.get("n_real") or 0, row.get("n_fake") or 0) >= min_count
+    return (row.get("n") or 0) >= 2 * min_count
 
 
 def fmt_ci(ci: list | None, row: dict | None = None) -> str:
