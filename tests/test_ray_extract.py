@@ -191,3 +191,16 @@ def test_bad_settings_fail_before_ray_starts(dataset, tmp_path):
     assert result.exit_code == EXIT_USAGE and "nonsense" in said(result)
     result = extract("dnf", dataset, tmp_path / "c", [], "--ray", "--precision", "fp8")
     assert result.exit_code == EXIT_USAGE and "fp8" in said(result)
+
+
+def test_a_file_name_that_is_not_utf8_reaches_the_actor_unchanged(tmp_path):
+    """Arrow takes only UTF-8 row text: the record's path travels escaped and the actor gets the very name back."""
+    from diffsleuth.distributed.ray_common import row_path
+    from diffsleuth.distributed.ray_extract import record_items
+    from diffsleuth.io.datasets import ImageRecord
+
+    name = str(tmp_path / os.fsdecode(b"photo-\xff.png"))
+    (item,) = record_items([ImageRecord(Path(name), class_name="cat")])
+    item["path"].encode("utf-8")  # valid row text
+    assert row_path(item["path"]) == name
+    assert os.fsencode(row_path(item["path"])).endswith(b"photo-\xff.png")

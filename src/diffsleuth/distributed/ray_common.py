@@ -12,8 +12,12 @@ import logging
 import re
 from collections.abc import Iterator
 
+from pathlib import Path
+
 import ray
 import torch
+
+from diffsleuth.io.guards import decode_path, encode_path
 
 _COLLAPSED_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
 
@@ -26,6 +30,17 @@ def is_uri(location: str) -> bool:
 def restore_uri(location: str) -> str:
     """Undo pathlib's collapse of ``s3://bucket`` into ``s3:/bucket`` (an option typed as a path)."""
     return _COLLAPSED_URI.sub(r"\1://", location, count=1)
+
+
+def path_item(path: str | Path) -> str:
+    """A local file name as a row's text: Arrow takes only UTF-8, and a name need not be (the
+    escape of :func:`diffsleuth.io.guards.encode_path`); :func:`row_path` gives the name back."""
+    return encode_path(str(path))
+
+
+def row_path(value: object) -> str:
+    """The local file name a row's ``path`` (written by :func:`path_item`) stands for."""
+    return decode_path(str(value))
 
 
 def actor_device(gpus_per_actor: float) -> torch.device:

@@ -19,7 +19,8 @@ from typing import Any
 import ray
 
 from diffsleuth.devices import resolve_dtype
-from diffsleuth.distributed.ray_common import actor_device, default_actors, limit_torch_threads, map_on_actors
+from diffsleuth.distributed.ray_common import (actor_device, default_actors, limit_torch_threads, map_on_actors,
+                                               path_item, row_path)
 from diffsleuth.features.cache import FeatureCache
 from diffsleuth.features.extract import ExtractionReport, extract_records, extractor_spec
 from diffsleuth.io.datasets import ImageRecord
@@ -58,7 +59,7 @@ class ExtractFeatures:
         self.settings = settings
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        records = [ImageRecord(Path(str(path)), class_name=None if name is None else str(name))
+        records = [ImageRecord(Path(row_path(path)), class_name=None if name is None else str(name))
                    for path, name in zip(batch["path"], batch["class_name"])]
         try:
             report = extract_records(self.extractor, records, self.cache, batch_size=self.settings.batch_size,
@@ -78,8 +79,9 @@ class ClusterReport(ExtractionReport):
 
 
 def record_items(records: Sequence[ImageRecord]) -> list[dict[str, str | None]]:
-    """What travels to the actors: absolute paths (actors may run elsewhere) and class names (prompts)."""
-    return [{"path": str(Path(r.path).resolve()), "class_name": r.class_name} for r in records]
+    """What travels to the actors: absolute paths (actors may run elsewhere; as :func:`path_item`
+    text, so a name that is not UTF-8 survives Arrow) and class names (prompts)."""
+    return [{"path": path_item(Path(r.path).resolve()), "class_name": r.class_name} for r in records]
 
 
 def extract_on_ray(records: Sequence[ImageRecord], settings: ExtractSettings, actors: int | None = None,

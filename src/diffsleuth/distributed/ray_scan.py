@@ -20,9 +20,9 @@ from diffsleuth.detectors.registry import load_detector
 from diffsleuth.detectors.scanning import DecodeLimits, row_columns, score_sources
 from diffsleuth.devices import resolve_dtype
 from diffsleuth.distributed.ray_common import (actor_device, default_actors, is_uri, limit_torch_threads,
-                                                map_on_actors)
+                                                map_on_actors, path_item, row_path)
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
-from diffsleuth.io.guards import decode_path, encode_path, path_kind
+from diffsleuth.io.guards import path_kind
 from diffsleuth.provenance import read_provenance
 
 
@@ -82,7 +82,7 @@ class ScoreImages:
             names = [str(path) for path in batch["path"]]
             sources = [bytes(data) for data in batch["bytes"]]
         else:  # local files: read here, with the same guards as `diffsleuth scan` (a FIFO never blocks)
-            names = [decode_path(str(path)) for path in batch["path"]]
+            names = [row_path(path) for path in batch["path"]]
             sources = [Path(name) for name in names]
         found = [read_provenance(source, max_bytes=limits.max_bytes) if self.settings.provenance else None
                  for source in sources]
@@ -138,8 +138,8 @@ def scan_dataset(inputs: Sequence[str], settings: ActorSettings, actors: int | N
             files = files.filter(lambda row: row["path"] not in done, num_cpus=0)
     else:
         # Local files are named, not read, here: Arrow's file system takes only UTF-8 names, and the
-        # actors read each file with the scan's guards. Names travel as row text (encode_path).
-        todo = [name for name in map(encode_path, sources) if name not in done]
+        # actors read each file with the scan's guards. Names travel as row text (path_item).
+        todo = [name for name in map(path_item, sources) if name not in done]
         if not todo:
             return None
         files = ray.data.from_items([{"path": name} for name in todo])
