@@ -12,7 +12,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from diffsleuth.cli.app import EXIT_INTERRUPTED, app, err_console, fail_usage, third_party_level
-from diffsleuth.cli.ray_csv import scan_csv_datasink
 from diffsleuth.cli.scan import scan_exit
 from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS, DecodeLimits
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
@@ -111,9 +110,7 @@ def run_ray_scan(inputs: list[str], output: object, fmt: str, resume: bool, addr
                 if done:
                     err_console.print(f"resuming {output}: {len(done)} rows already there")
                 rows = scan_dataset(inputs, settings, actors, cpus_per_actor, done)
-                if rows is not None and fmt == "csv":  # quoted as `diffsleuth scan` quotes
-                    rows.write_datasink(scan_csv_datasink(output), ray_remote_args={"num_cpus": 0})
-                elif rows is not None:
+                if rows is not None:
                     write_rows(rows, output, fmt)
                 counts = count_labels(output, fmt)
             except RayScanError as exc:

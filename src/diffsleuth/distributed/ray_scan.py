@@ -21,6 +21,7 @@ from diffsleuth.detectors.scanning import DecodeLimits, row_columns, score_sourc
 from diffsleuth.devices import resolve_dtype
 from diffsleuth.distributed.ray_common import (actor_device, default_actors, is_uri, limit_torch_threads,
                                                 map_on_actors, path_item, row_path)
+from diffsleuth.distributed.ray_csv import scan_csv_datasink
 from diffsleuth.io.datasets import IMAGE_EXTENSIONS, expand_inputs
 from diffsleuth.io.guards import path_kind
 from diffsleuth.provenance import read_provenance
@@ -149,9 +150,13 @@ def scan_dataset(inputs: Sequence[str], settings: ActorSettings, actors: int | N
 def write_rows(rows: ray.data.Dataset, output: str, fmt: str) -> None:
     """Run the scan; each block's rows land in their own file under ``output`` as soon as they are scored.
 
-    Writing reserves no CPU, for the reason reading does not: the actors may hold them all.
+    Writing reserves no CPU, for the reason reading does not: the actors may hold them all. CSV
+    goes through :func:`scan_csv_datasink`, so its rows are quoted and formatted as `diffsleuth scan`'s.
     """
-    writer = {"csv": rows.write_csv, "jsonl": rows.write_json, "parquet": rows.write_parquet}[fmt]
+    if fmt == "csv":
+        rows.write_datasink(scan_csv_datasink(output), ray_remote_args={"num_cpus": 0})
+        return
+    writer = {"jsonl": rows.write_json, "parquet": rows.write_parquet}[fmt]
     writer(output, ray_remote_args={"num_cpus": 0})
 
 

@@ -1,4 +1,4 @@
-"""CSV row files for ``scan-ray``, written by the same writer as ``diffsleuth scan --format csv``.
+"""CSV row files for ``scan --ray``, written by the same writer as ``diffsleuth scan --format csv``.
 
 Ray's own ``write_csv`` (pyarrow) quotes every string and prints floats its own way; rows of the
 two commands would then differ as text for the same files. This datasink writes each block with
