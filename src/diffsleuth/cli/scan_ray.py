@@ -81,13 +81,13 @@ def run_ray_scan(inputs: list[str], output: object, fmt: str, resume: bool, addr
     Returns the exit: 0 every input scored; 3 some inputs could not be read (their rows carry the
     error); 2 usage error; 130 interrupted (finished row files are kept: run again with --resume).
     """
-    try:
-        from diffsleuth.distributed.ray_common import ray_session, restore_uri
-        from diffsleuth.distributed.ray_scan import (RayScanError, count_labels, local_folder_in_use, scan_dataset,
-                                                     write_rows, written_paths)
-    except ImportError as exc:
-        return fail_usage(f"Ray is not installed ({exc}): pip install 'diffsleuth[distributed]'")
+    from diffsleuth.extras import require
+
+    require("distributed", "scan --ray")  # missing: the CLI's usage error (exit 2) naming the pip extra
     from diffsleuth.detectors.base import WeightsError
+    from diffsleuth.distributed.ray_common import ray_session, restore_uri
+    from diffsleuth.distributed.ray_scan import (RayScanError, count_labels, local_folder_in_use, scan_dataset,
+                                                 write_rows, written_paths)
 
     if output is None:
         return fail_usage("--ray needs --output: a new or empty folder (or URI) for the row files")
