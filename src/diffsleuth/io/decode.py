@@ -75,13 +75,18 @@ def _label(source: Source, name: str | None) -> str | os.PathLike | None:
     return source if isinstance(source, (str, os.PathLike)) else None
 
 
+def _check_size(label, size: int, max_bytes: int) -> None:
+    """One wording for the byte-count refusals, whether the input came as bytes, a path or an open file."""
+    if size > max_bytes:
+        raise ImageDecodeError(label, f"file is {size} bytes, over the limit of {max_bytes} bytes")
+    if not size:
+        raise ImageDecodeError(label, "empty file (0 bytes)")
+
+
 def _open_header(source: Source, label, max_bytes: int) -> tuple[Image.Image, BinaryIO | None]:
     """PIL's lazy image (header only) and the file to close afterwards, if one was opened."""
     if isinstance(source, bytes):
-        if len(source) > max_bytes:
-            raise ImageDecodeError(label, f"file is {len(source)} bytes, over the limit of {max_bytes} bytes")
-        if not source:
-            raise ImageDecodeError(label, "empty file (0 bytes)")
+        _check_size(label, len(source), max_bytes)
         return Image.open(io.BytesIO(source)), None
     if isinstance(source, (str, os.PathLike)):
         try:
@@ -89,17 +94,13 @@ def _open_header(source: Source, label, max_bytes: int) -> tuple[Image.Image, Bi
         except InputError as exc:
             raise ImageDecodeError(label, exc.reason) from exc
         try:
-            if os.fstat(handle.fileno()).st_size == 0:
-                raise ImageDecodeError(label, "empty file (0 bytes)")
+            _check_size(label, os.fstat(handle.fileno()).st_size, max_bytes)
             return Image.open(handle), handle
         except BaseException:
             handle.close()
             raise
     size = source.seek(0, os.SEEK_END)
-    if size > max_bytes:
-        raise ImageDecodeError(label, f"file is {size} bytes, over the limit of {max_bytes} bytes")
-    if not size:
-        raise ImageDecodeError(label, "empty file (0 bytes)")
+    _check_size(label, size, max_bytes)
     source.seek(0)
     return Image.open(source), None
 
@@ -115,10 +116,7 @@ def _read_all(source: Source, label, max_bytes: int) -> bytes:
             data = read_bounded(source, max_bytes)
     except InputError as exc:
         raise ImageDecodeError(label, exc.reason) from exc
-    if len(data) > max_bytes:
-        raise ImageDecodeError(label, f"file is {len(data)} bytes, over the limit of {max_bytes} bytes")
-    if not data:
-        raise ImageDecodeError(label, "empty file (0 bytes)")
+    _check_size(label, len(data), max_bytes)
     return data
 
 
