@@ -71,11 +71,6 @@ class JudgeHeadTrainConfig(TrainConfig):
     threads: int | None = None
 
 
-def holdout_of(cfg: JudgeHeadTrainConfig) -> HoldOut:
-    return HoldOut(list(cfg.holdout_families), list(cfg.calibration_sources), list(cfg.check_sources),
-                   cfg.val_fraction, cfg.test_fraction, cfg.data_seed, cfg.split_group)
-
-
 def extractor_config(config: JudgeConfig, degradation: str) -> dict:
     """Everything that shapes a cached feature: a change to any of it is a different cache."""
     return {"kind": "judge-views", "encoder": config.encoder, "backbone": config.backbone,
@@ -224,7 +219,9 @@ def run(cfg: JudgeHeadTrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     started = time.monotonic()
-    samples = cap_per_source(gather_samples(cfg.data, holdout_of(cfg)), cfg.max_per_source, cfg.data_seed)
+    # Read from the config as it is logged, so a card rebuilds exactly this split from the log.
+    holdout = HoldOut.from_training_config(config_to_dict(cfg))
+    samples = cap_per_source(gather_samples(cfg.data, holdout), cfg.max_per_source, cfg.data_seed)
     if not any(s.role == "train" for s in samples):
         raise ValueError("no training images left after holding out families and sources")
     model = JudgeDetector.from_config(copy.deepcopy(cfg.model), device=cfg.device if cfg.device != "auto" else "cpu")
