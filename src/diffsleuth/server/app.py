@@ -27,10 +27,6 @@ from diffsleuth.server.pages import pages_router
 from diffsleuth.server.schema import ScanRow, scan_row
 from diffsleuth.server.uploads import MULTIPART_FILES_BODY, read_uploads
 
-MAX_UPLOAD_BYTES = ServiceLimits.max_file_bytes
-MAX_FILES = ServiceLimits.max_files
-
-
 def create_app(detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32,
                max_files: int | None = None, model_card: Path | None = None,
                max_request_bytes: int | None = None, provenance: bool = True, limits: ServiceLimits | None = None,
