@@ -7,6 +7,7 @@ saves a detector folder with ``save_pretrained``.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,13 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate decayed from its set value to zero along a half cosine over ``total_steps``
+    steps (held at zero after), stepped once per optimizer step; the trainers share one schedule."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
 
 
 def split_records(config: TrainConfig) -> dict[str, list[ImageRecord]]:

@@ -33,7 +33,7 @@ import torch
 from diffsleuth.backbones.pypi_weights import cache_dir
 from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, judge_loss, trace_similarity
 from diffsleuth.detectors.judge.training import auc_of, fit_calibration
-from diffsleuth.detectors.training import TrainConfig, register_trainer, seed_everything
+from diffsleuth.detectors.training import TrainConfig, cosine_schedule, register_trainer, seed_everything
 from diffsleuth.evaluation.heldout import ROLES, HoldOut, Sample, cap_per_source, gather_samples
 from diffsleuth.evaluation.metrics import flag_rate
 from diffsleuth.features.cache import FeatureCache, content_hash
@@ -163,9 +163,7 @@ def train_head(model: JudgeDetector, cfg: JudgeHeadTrainConfig, rows: torch.Tens
     params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    scheduler = cosine_schedule(optimizer, steps_per_epoch * cfg.epochs)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     history, best, best_epoch, best_state = [], -math.inf, 0, None
     for epoch in track(range(cfg.epochs), "training head"):

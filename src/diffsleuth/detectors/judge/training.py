@@ -29,6 +29,7 @@ from diffsleuth.detectors.image_grid import grid_crops, limit_scale
 from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, judge_loss
 from diffsleuth.detectors.training import (
     TrainConfig,
+    cosine_schedule,
     make_accelerator,
     register_trainer,
     seed_everything,
@@ -288,9 +289,7 @@ def run(cfg: JudgeTrainConfig) -> Path:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_records) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    scheduler = cosine_schedule(optimizer, steps_per_epoch * cfg.epochs)
     embedder, optimizer, scheduler = accelerator.prepare(Embedder(model), optimizer, scheduler)
     model = accelerator.unwrap_model(embedder).net
     average = weight_average(model, cfg.ema_decay)
