@@ -17,6 +17,11 @@ from diffsleuth.provenance.result import (
     CAMERA,
     DECLARED_GENERATED_VERDICT,
     GENERATED,
+    SIGNATURE_INVALID,
+    SIGNATURES,
+    SIGNED_TRUSTED,
+    SIGNED_UNTRUSTED,
+    UNSIGNED,
     Evidence,
     Provenance,
     verdict_of,
@@ -24,5 +29,6 @@ from diffsleuth.provenance.result import (
 
 __all__ = [
     "AI_EDITED", "CAMERA", "DECLARED_GENERATED_VERDICT", "DEFAULT_MAX_BYTES", "GENERATED", "Evidence",
+    "SIGNATURES", "SIGNATURE_INVALID", "SIGNED_TRUSTED", "SIGNED_UNTRUSTED", "UNSIGNED",
     "Provenance", "read_provenance", "verdict_of",
 ]

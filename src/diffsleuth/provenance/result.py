@@ -23,6 +23,13 @@ GENERATED = "generated"
 AI_EDITED = "ai-edited"
 CAMERA = "camera"
 DECLARED_GENERATED_VERDICT = "generated (declared)"
+SIGNED_TRUSTED = "signed (trusted)"
+SIGNED_UNTRUSTED = "signed (untrusted signer)"
+SIGNATURE_INVALID = "signature invalid"
+UNSIGNED = "unsigned"
+SIGNATURES = (SIGNED_TRUSTED, SIGNED_UNTRUSTED, SIGNATURE_INVALID, UNSIGNED)
+"""How the strongest declaration in a file is backed: a valid C2PA signature (from a signer on the
+trust list, or not), a C2PA signature that fails, or nothing (text anyone can write)."""
 RANK = {GENERATED: 3, AI_EDITED: 2, CAMERA: 1}
 MAX_FIELD_CHARS = 2000
 """Raw fields are kept for inspection, cut to this many characters (prompts and workflows can be huge)."""
@@ -68,6 +75,20 @@ class Provenance:
     def declared(self) -> str | None:
         best = self._strongest()
         return best.declared if best else None
+
+    @property
+    def signature(self) -> str | None:
+        """How :attr:`declared` is backed (one of :data:`SIGNATURES`); None when nothing is declared."""
+        best = self._strongest()
+        if best is None:
+            return None
+        if best.kind != "c2pa":
+            return UNSIGNED
+        if self.validation == "trusted":
+            return SIGNED_TRUSTED
+        if self.validation and self.validation.startswith("valid"):
+            return SIGNED_UNTRUSTED
+        return SIGNATURE_INVALID
 
     @property
     def source(self) -> str | None:
