@@ -79,3 +79,34 @@ def test_resnet50_from_scratch_and_from_local_safetensors(tmp_path):
     loaded = load_resnet50(str(tmp_path / "r50.safetensors"), num_classes=2)
     assert torch.equal(loaded.conv1.weight, backbone.conv1.weight)
     assert loaded.fc.out_features == 2
+
+
+@pytest.mark.parametrize("load", [
+    "from diffsleuth.backbones.loading import load_clip; load_clip('hf-hub:attacker/evil-clip')",
+    "from diffsleuth.backbones.loading import load_stable_diffusion; load_stable_diffusion('attacker/evil-sd')",
+    "from diffsleuth.backbones.loading import load_resnet50; load_resnet50('IMAGENET1K_V2')",
+])
+def test_a_hub_id_from_a_config_never_reaches_the_network_unless_allowed(tmp_path, load):
+    """Hub offline mode is NOT set here: the loaders alone must keep a named model local."""
+    from no_network import run_guarded
+
+    script = (f"from diffsleuth.backbones.loading import BackboneUnavailableError\n"
+              f"try:\n    {load}\nexcept BackboneUnavailableError as exc:\n    print(exc)\n")
+    result, refused, sockets = run_guarded(
+        ["-c", script], tmp_path, env={"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DIFFSLEUTH_HUB_DOWNLOAD=1" in result.stdout
+    assert refused == "" and sockets == []
+
+
+def test_hub_downloads_are_off_unless_the_variable_allows_them(monkeypatch):
+    from diffsleuth.backbones import hub
+
+    monkeypatch.delenv(hub.DOWNLOAD_VARIABLE, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    probes = []
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a: probes.append(a) or True)
+    assert hub.check_hub() is False and probes == [] and hub.hub_offline()
+    monkeypatch.setenv(hub.DOWNLOAD_VARIABLE, "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert hub.check_hub() is True and len(probes) == 1

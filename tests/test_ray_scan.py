@@ -271,3 +271,75 @@ def test_no_provenance_skips_reading_metadata_in_the_actor(mixed, monkeypatch, p
     assert all(score is not None for score in rows["score"])
     if not provenance:
         assert rows["declared"] == [None] * len(files) and rows["provenance"] == [None] * len(files)
+
+
+def _wait(condition, limit_s: float = 120.0) -> bool:
+    """Poll ``condition`` until it holds or ``limit_s`` passes (a bound for a stuck run, not a timing)."""
+    import time
+
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def _alive(pids) -> list[int]:
+    from diffsleuth.distributed.reaper import _processes
+
+    table = _processes()
+    return [pid for pid, started in pids.items() if pid in table and table[pid][1] == started]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _driver(tmp_path, body: str):
+    """A Python process running ``body`` after importing our sources; prints READY when set up."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(f"import sys, time\nsys.path.insert(0, {str(Path(__file__).parent.parent / 'src')!r})\n"
+                      f"{body}\nprint('READY', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    return proc
+
+
+def test_the_reaper_kills_what_a_driver_killed_with_sigkill_leaves(tmp_path):
+    """Without Ray: a detached grandchild outlives its killed parent unless the reaper saw it."""
+    from diffsleuth.distributed.reaper import descendants
+
+    proc = _driver(tmp_path, "import subprocess\n"
+                             "child = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
+                             "from diffsleuth.distributed.reaper import start_reaper\nreaper = start_reaper()")
+    below = descendants(proc.pid)
+    reaper = next(pid for pid in below if b"reaper.py" in _cmdline(pid))
+    assert _wait(lambda: Path(f"/proc/{reaper}/stat").read_text().split(")")[1].split()[0] == "S")
+    proc.kill()
+    proc.wait()
+    assert _wait(lambda: not _alive(below)), f"left running: {_alive(below)}"
+
+
+def test_a_local_ray_dies_with_a_scan_killed_by_sigkill(tmp_path):
+    from diffsleuth.distributed.reaper import descendants
+
+    proc = _driver(tmp_path, "import logging\nfrom diffsleuth.distributed.ray_common import ray_session\n"
+                             "session = ray_session(None, logging.WARNING)\nsession.__enter__()\n"
+                             "import ray\nray.get(ray.remote(lambda: 1).remote())")
+    below = {}
+    _wait(lambda: below.update(descendants(proc.pid)) or any(
+        b"Agent" in _cmdline(pid) for pid in _alive(below)))
+    assert len(below) >= 4, below  # gcs_server, raylet, agents, the reaper...
+    import time
+
+    time.sleep(1.5)  # the reaper notes the process tree twice a second
+    proc.kill()
+    proc.wait()
+    assert _wait(lambda: not _alive(below)), f"left running: {_alive(below)}"

@@ -1,10 +1,13 @@
-"""Fail fast when the model hub cannot be reached, instead of a retry storm.
+"""When the model hub may be used: only when the user asks, and then without a retry storm.
 
-Without a network huggingface_hub retries each file with back-off (about 24 s per file, several
-files per model), only to fail. Before the first hub load we try one TCP connection to the hub
-(a few seconds at most); if it fails, or once any load fails for lack of a connection, the hub's
-offline mode is switched on for the rest of the process: cached models still load, missing ones
-fail at once. ``HF_HUB_OFFLINE=1`` skips the probe. A configured HTTP(S) proxy counts as network.
+A saved detector's ``config.json`` names its backbones, and a folder can come from anyone, so
+nothing that loads a backbone contacts the hub by itself: by default huggingface_hub runs in its
+offline mode (local folders and the local hub cache only) and the error names the download
+command. ``DIFFSLEUTH_HUB_DOWNLOAD=1`` allows downloads for the process; then, before the first
+hub load, one TCP connection to the hub (a few seconds at most) decides whether it can be
+reached, and if not (or once a load fails for lack of a connection) offline mode is switched on
+for the rest of the process instead of huggingface_hub's minutes of retries. A configured
+HTTP(S) proxy counts as network.
 """
 
 from __future__ import annotations
@@ -19,13 +22,27 @@ from urllib.parse import urlparse
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 3.0
+DOWNLOAD_VARIABLE = "DIFFSLEUTH_HUB_DOWNLOAD"
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_FALSE = ("0", "", "false", "no", "off")
+
+
+def downloads_allowed() -> bool:
+    """Whether the user allowed model-hub downloads (``DIFFSLEUTH_HUB_DOWNLOAD=1``)."""
+    return os.environ.get(DOWNLOAD_VARIABLE, "0").strip().lower() not in _FALSE
 
 
 def hub_offline() -> bool:
     """Whether the hub's offline mode is on (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
-    return any(os.environ.get(v, "0").strip().lower() not in ("0", "", "false", "no", "off")
+    return any(os.environ.get(v, "0").strip().lower() not in _FALSE
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _set_offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # read at import time; later loads consult the module attribute
+        constants.HF_HUB_OFFLINE = True
 
 
 def go_offline(reason: str) -> None:
@@ -33,10 +50,7 @@ def go_offline(reason: str) -> None:
     if hub_offline():
         return
     log.warning("model hub unreachable (%s): offline mode on, only local folders and cached models load", reason)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:  # read at import time; later loads consult the module attribute
-        constants.HF_HUB_OFFLINE = True
+    _set_offline()
 
 
 @functools.cache
@@ -55,5 +69,9 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 def check_hub() -> bool:
-    """Probe once per process unless offline already; returns whether hub downloads may be tried."""
+    """Whether hub downloads may be tried: never unless allowed (offline mode is then switched on,
+    silently, so no library call reaches the network); else one probe per process."""
+    if not downloads_allowed():
+        _set_offline()
+        return False
     return not hub_offline() and hub_reachable()

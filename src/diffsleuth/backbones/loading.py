@@ -2,8 +2,10 @@
 
 Stable Diffusion components and pixel-space DDPM UNets come from diffusers/transformers
 (``from_pretrained``), CLIP from open_clip (``create_model``; a folder is read as
-``local-dir:``), ResNet-50 from torchvision. When a model is neither local nor reachable, the
-error names the model and how to supply a local copy, instead of a network stack trace.
+``local-dir:``), ResNet-50 from torchvision. Hub ids load from the local hub cache only unless
+``DIFFSLEUTH_HUB_DOWNLOAD=1`` allows downloads (:mod:`diffsleuth.backbones.hub`): a detector
+folder never makes a load touch the network by itself. When a model is neither local nor
+allowed and reachable, the error names the model and how to supply a local copy.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from diffsleuth.backbones.hub import check_hub, go_offline
+from diffsleuth.backbones.hub import DOWNLOAD_VARIABLE, check_hub, downloads_allowed, go_offline
 from diffsleuth.extras import require
 
 T = TypeVar("T")
@@ -42,6 +44,13 @@ def _is_local(source: str | os.PathLike) -> bool:
 
 
 def _unavailable(kind: str, source: str, exc: BaseException, hint: str) -> BackboneUnavailableError:
+    if not downloads_allowed():
+        return BackboneUnavailableError(
+            f"could not load {kind} {source!r}: it is neither a local folder nor in the local model-hub "
+            f"cache, and diffsleuth downloads from the hub only when {DOWNLOAD_VARIABLE}=1 is set: "
+            f"download it ({hint}) and pass the folder instead of the id, or set {DOWNLOAD_VARIABLE}=1.",
+            source=source,
+        )
     if _connection_failure(exc):
         go_offline(f"loading {source!r} failed: {exc.__class__.__name__}")
     return BackboneUnavailableError(
@@ -185,11 +194,30 @@ def load_clip(
     return clip.to(device=device, dtype=dtype)
 
 
+def _check_torchvision_cache(tag: str) -> None:
+    """A torchvision weight tag loads from torch's hub cache; it downloads only when allowed."""
+    import torchvision
+
+    try:
+        url = torchvision.models.ResNet50_Weights[tag].url
+    except KeyError:
+        raise BackboneUnavailableError(f"{tag!r} is neither a file nor a torchvision ResNet-50 weight tag "
+                                       f"({', '.join(w.name for w in torchvision.models.ResNet50_Weights)})",
+                                       tag) from None
+    cached = Path(torch.hub.get_dir(), "checkpoints", url.rsplit("/", 1)[-1])
+    if not cached.is_file() and not downloads_allowed():
+        raise BackboneUnavailableError(
+            f"torchvision ResNet-50 weights {tag!r} are not in torch's cache ({cached}), and diffsleuth "
+            f"downloads them only when {DOWNLOAD_VARIABLE}=1 is set (or pass a local safetensors file)", tag)
+
+
 def load_resnet50(weights: str | None = None, num_classes: int = 1) -> nn.Module:
     """torchvision ResNet-50 with a ``num_classes`` head; ``weights`` is None (from scratch),
     a torchvision tag such as ``IMAGENET1K_V2``, or a local safetensors file of the backbone."""
     import torchvision
 
+    if weights is not None and not Path(weights).is_file():
+        _check_torchvision_cache(weights)
     if weights is None or Path(weights).is_file():
         net = torchvision.models.resnet50(weights=None)
         if weights is not None:

