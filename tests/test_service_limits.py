@@ -192,3 +192,16 @@ def test_thin_upload_is_an_error_row_and_an_oversized_file_is_413(toy):
     assert ok["error"] is None and 0 <= ok["score"] <= 1
     small = TestClient(create_app(toy, limits=ServiceLimits(max_file_bytes=150_000)))
     assert small.post("/v1/scan", files=files).status_code == 413
+
+
+def test_overlong_multipart_boundary_is_a_clean_400(toy):
+    from fastapi.testclient import TestClient
+
+    boundary = "b" * 300
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n").encode()
+    body += _png(1) + f"\r\n--{boundary}--\r\n".encode()
+    response = TestClient(create_app(toy)).post(
+        "/v1/scan", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "boundary" in detail.lower() and "\n" not in detail
