@@ -205,3 +205,19 @@ def test_overlong_multipart_boundary_is_a_clean_400(toy):
     assert response.status_code == 400
     detail = response.json()["detail"]
     assert "boundary" in detail.lower() and "\n" not in detail
+
+
+def test_serve_on_a_busy_port_is_a_usage_error_naming_the_port():
+    from typer.testing import CliRunner
+
+    from diffsleuth.cli.main import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port), "--detector", "no-such-detector"])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())  # the console may wrap a long line
+    assert message.startswith("error: ") and f"127.0.0.1:{port}" in message and "in use" in message
+    assert message.count("error:") == 1 and "Traceback" not in result.output

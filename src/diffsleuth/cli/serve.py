@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Annotated, Optional
 
 import typer
@@ -58,13 +60,32 @@ def serve(
         max_concurrent=max_concurrent, max_queue=max_queue, queue_timeout=queue_timeout, retry_after=retry_after,
         header_timeout=header_timeout, keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
         max_header_bytes=max_header_bytes)
+    listener = _listen(host, port)  # before the model loads: a busy port is a usage error, found at once
     try:
         torch_device = resolve_device(device)
         model = load_detector(detector, device=torch_device, dtype=resolve_dtype(torch_device, precision),
                               threshold=threshold)
         card = resolve_detector_path(detector) / "MODEL_CARD.md"
     except (ValueError, KeyError, WeightsError, WeightsUnavailableError) as exc:
+        listener.close()
         raise fail_usage(str(exc)) from exc
     service = create_app(model, max_pixels=max_pixels, limits=limits, max_batch_pixels=max_batch_pixels,
                          model_card=card, provenance=provenance)
-    uvicorn.Server(uvicorn_config(service, host, port, limits)).run()
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"diffsleuth serve: http://{shown}:{listener.getsockname()[1]}/ (Ctrl+C to stop)", err=True)
+    uvicorn.Server(uvicorn_config(service, host, port, limits)).run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (as uvicorn binds it); a usage error naming the port when it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        reason = "address already in use" if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else str(exc)
+        raise fail_usage(f"cannot listen on {host}:{port}: {reason}; choose another --port") from exc
+    sock.set_inheritable(True)
+    return sock
