@@ -36,13 +36,21 @@ def serve(
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images larger than this (error row).")] = DEFAULT_MAX_PIXELS,
     max_batch_pixels: Annotated[int, typer.Option(min=1, help="Decoded pixels in memory at once per scan.")] = DEFAULT_MAX_BATCH_PIXELS,
     max_concurrent: Annotated[int, typer.Option(min=1, help="Scans scored at the same time.")] = _D.max_concurrent,
+    max_uploads: Annotated[int, typer.Option(
+        min=1, help="Scan requests admitted at once: bodies in memory, being read or scored.")] = _D.max_uploads,
     max_queue: Annotated[int, typer.Option(min=0, help="Scans waiting for a slot; beyond, 503 with Retry-After.")] = _D.max_queue,
+    max_client_scans: Annotated[int, typer.Option(
+        min=1, help="Scan requests admitted or waiting from one client address (503 beyond).")] = _D.max_client_scans,
     queue_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a scan may wait for a slot before 503.")] = _D.queue_timeout,
     retry_after: Annotated[int, typer.Option(min=0, help="Retry-After seconds sent with 503.")] = _D.retry_after,
     header_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds a connection has to send a complete request head.")] = _D.header_timeout,
+    body_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a request body has to arrive in full (408 beyond).")] = _D.body_timeout,
     keep_alive_timeout: Annotated[int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")] = _D.keep_alive_timeout,
     max_connections: Annotated[int, typer.Option(min=1, help="Open connections at most (503 beyond).")] = _D.max_connections,
+    max_client_connections: Annotated[int, typer.Option(
+        min=1, help="Open connections from one client address; further ones are closed at once.")] = _D.max_client_connections,
     max_header_bytes: Annotated[int, typer.Option(min=1, help="Largest request head.")] = _D.max_header_bytes,
 ) -> None:
     """Serve the web page at /, POST /v1/scan (multipart files) and GET /health, with the limits above."""
@@ -57,8 +65,10 @@ def serve(
 
     limits = ServiceLimits(
         max_request_bytes=max_request_bytes, max_file_bytes=max_file_bytes, max_files=max_files,
-        max_concurrent=max_concurrent, max_queue=max_queue, queue_timeout=queue_timeout, retry_after=retry_after,
-        header_timeout=header_timeout, keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
+        max_concurrent=max_concurrent, max_uploads=max_uploads, max_queue=max_queue,
+        max_client_scans=max_client_scans, queue_timeout=queue_timeout, retry_after=retry_after,
+        header_timeout=header_timeout, body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
+        max_connections=max_connections, max_client_connections=max_client_connections,
         max_header_bytes=max_header_bytes)
     listener = _listen(host, port)  # before the model loads: a busy port is a usage error, found at once
     try:
