@@ -1,7 +1,8 @@
 """The service under a burst of large uploads: every client reads an answer, /health stays fast.
 
-Forty clients (requests, httpx and plain http.client) post several 3000x2000 JPEGs at once to a real uvicorn server whose queue is
-small, so most of them are refused while they are still sending. A refused client must read its
+Forty clients (requests, httpx and plain http.client) post several 3000x2000 JPEGs at once to a
+real uvicorn server whose queue is small, so most of them are refused while they are still
+sending. A refused client must read its
 503 and Retry-After (a lingering close reads the rest of its body first), never a reset.
 """
 
@@ -36,8 +37,8 @@ FILES_PER_REQUEST = 4
 
 def _large_jpeg(seed: int, size: tuple[int, int] = (3000, 2000)) -> bytes:
     """A 3000x2000 photo-like JPEG (smooth noise, about 1 MB): large enough to outlast socket buffers."""
-    channels = [Image.effect_noise((size[0] // 4, size[1] // 4), 24 + seed + i).resize(size, Image.Resampling.BILINEAR)
-                for i in range(3)]
+    small = (size[0] // 4, size[1] // 4)
+    channels = [Image.effect_noise(small, 24 + seed + i).resize(size, Image.Resampling.BILINEAR) for i in range(3)]
     buffer = io.BytesIO()
     Image.merge("RGB", channels).save(buffer, format="JPEG", quality=80)
     return buffer.getvalue()
@@ -52,7 +53,8 @@ from diffsleuth.server.app import create_app
 from diffsleuth.server.limits import ServiceLimits, uvicorn_config
 limits = ServiceLimits(**{limits!r})
 app = create_app(load_detector({detector!r}), limits=limits)
-uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, limits, log_level="warning")).run(sockets=[socket.socket(fileno={fd})])
+server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, limits, log_level="warning"))
+server.run(sockets=[socket.socket(fileno={fd})])
 """
 
 
@@ -93,7 +95,6 @@ def test_forty_concurrent_large_uploads_each_get_200_or_503_with_retry_after(tmp
     detector = saved_toy(tmp_path / "toy")
     start, done = threading.Barrier(CLIENTS + 1), threading.Event()
     health_times: list[float] = []
-
     body, content_type = _multipart(images)
 
     def upload(client: int) -> tuple[int, str | None] | Exception:
