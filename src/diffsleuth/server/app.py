@@ -4,9 +4,10 @@ The detector is loaded once at start-up; uploads are decoded in memory with the 
 files (bytes, pixel and aspect-ratio limits, typed errors), so a bad upload becomes an error row,
 never a 500. Uploads are read into memory, never written to disk (see ``uploads.py``), at most
 ``max_request_bytes`` a request; :mod:`diffsleuth.server.limits` refuses larger bodies before
-reading them and admits at most ``max_concurrent`` scans at a time (a queue, then 503), so
-memory is bounded by both. Scoring runs in its own worker threads and ``/health`` on the event
-loop, so it stays fast while scans run. ``/`` is a page for people (``pages.py``) that uses this
+reading them and admits at most ``max_uploads`` scan requests at a time (a queue, then 503), so
+memory is bounded by both. Admitted requests are scored by at most ``max_concurrent`` worker
+threads once their bodies have arrived, and ``/health`` runs on the event loop, so it stays fast
+while scans run. ``/`` is a page for people (``pages.py``) that uses this
 same API.
 """
 

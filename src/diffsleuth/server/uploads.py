@@ -14,7 +14,7 @@ import codecs
 from collections.abc import AsyncIterator
 
 from fastapi import HTTPException
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 # The OpenAPI description of the request body the parser accepts (FastAPI cannot infer it, since
@@ -112,12 +112,12 @@ async def read_uploads(content_type: str | None, stream: AsyncIterator[bytes], *
     except LookupError:
         charset = "utf-8"
     collector = _Collector(charset, max_files, max_file_bytes, max_total_bytes)
-    parser = MultipartParser(params[b"boundary"], collector.callbacks())
-    try:
+    try:  # FormParserError: the parser's errors, a boundary over its 256-byte limit among them
+        parser = MultipartParser(params[b"boundary"], collector.callbacks())
         async for chunk in stream:
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise HTTPException(400, f"malformed multipart body: {exc}") from exc
     if not collector.files:
         raise HTTPException(422, "no file in the request: send one 'files' part per image")
