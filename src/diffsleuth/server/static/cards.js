@@ -9,10 +9,10 @@ window.diffsleuthCards = (function () {
                          "declared", "declared_by", "provenance", "provenance_details", "score_map"]);
   const NOTES = {
     "generated": "The detector scored the pixels at or above its threshold.",
-    "generated (declared)": "The file carries a signed declaration that it was generated.",
-    "generated (claimed)": "The file's metadata says it was generated; nothing signs that claim.",
-    "ai-edited (declared)": "The file carries a signed declaration that AI edited it.",
-    "ai-edited (claimed)": "The file's metadata says AI edited it; nothing signs that claim.",
+    "generated (declared)": "The file's metadata declares that it was generated.",
+    "generated (claimed)": "The file's metadata says it was generated; no valid signature backs that claim.",
+    "ai-edited (declared)": "The file's metadata declares that AI edited it.",
+    "ai-edited (claimed)": "The file's metadata says AI edited it; no valid signature backs that claim.",
     "uncertain": "The score is just below the threshold: the detector cannot tell.",
     "outside the detector's domain": "The detector cannot judge this image: too small, not " +
       "photo-like, or unlike anything it was trained on.",
