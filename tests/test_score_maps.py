@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,16 +35,16 @@ def test_only_cells_at_or_above_the_threshold_are_coloured_and_never_opaque():
     assert rgba[0, 0, 3] == 0 and rgba[1, 1, 3] == round(ALPHA_MAX * 255)
 
 
-def test_the_page_is_handed_the_same_scale():
+def test_the_page_is_handed_the_same_scale(tmp_path):
+    import html
+    import re
+
     from fastapi.testclient import TestClient
 
     from diffsleuth.detectors import load_detector
     from diffsleuth.server.app import create_app
 
-    import html
-    import re
-
-    page = TestClient(create_app(load_detector(saved_toy_map(Path(os.environ.get("TMPDIR", "/tmp")) / "sm-toy")))).get("/")
+    page = TestClient(create_app(load_detector(saved_toy_map(tmp_path / "toy")))).get("/")
     found = re.search(r'data-map-scale="([^"]*)"', page.text)
     assert found and json.loads(html.unescape(found.group(1))) == map_scale()
 
