@@ -2,9 +2,10 @@
 
 Serves the shipped default detector on a free port of 127.0.0.1, opens the page in Debian's
 Chromium (Playwright), drops a few images from ``../shared/data``, a copy of one generated image
-with AUTOMATIC1111-style generator settings written into it (so the provenance evidence shows)
-and a corrupt file, shows the first score map when the detector gives maps, and writes a palette
-PNG (small enough for the repository) of the whole page:
+with AUTOMATIC1111-style generator settings written into it (so the provenance evidence shows,
+opened), a camera photo with a generated crop pasted into one corner (a composite: its score map
+shows the region) and a corrupt file, shows the first score map, and writes a palette PNG (small
+enough for the repository) of the whole page:
 
     .venv/bin/python benchmarks/screenshot.py                         # docs/images/web-page.png
     .venv/bin/python benchmarks/screenshot.py --width 375 --output /tmp/phone.png
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 import uvicorn
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 from playwright.sync_api import expect, sync_playwright
 
 from diffsleuth.detectors import load_detector
@@ -35,6 +36,8 @@ SHARED = REPO.parent / "shared" / "data"
 SAMPLES = ["sd14-vs-unsplash/real/real_0004.png", "sd14-vs-unsplash/fake/fake_0003.png",
            "multigen/real/{first}", "multigen/fake/{first}"]
 DECLARED = SHARED / "sd14-vs-unsplash/fake/fake_0010.png"  # shown again with generator settings added
+CAMERA = SHARED / "camera-originals/real/Canon_IXUS_430.jpg"  # a composite's background...
+PASTED = SHARED / "sd14-vs-unsplash/fake/fake_0003.png"  # ...and what is pasted into its top-right corner
 
 
 def sample_files() -> list[Path]:
@@ -60,6 +63,18 @@ def with_settings(path: Path) -> bytes:
                                 "Steps: 50, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: sd-v1-4")
     buffer = io.BytesIO()
     Image.open(path).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def composite() -> bytes:
+    """The camera photo at 448 x 448 with the centre 224 x 224 of a generated image pasted into its
+    top-right quarter: the default detector's 2 x 2 grid then reads the pasted crop as one region."""
+    picture = ImageOps.exif_transpose(Image.open(CAMERA)).convert("RGB").resize((448, 448), Image.Resampling.LANCZOS)
+    pasted = Image.open(PASTED).convert("RGB")
+    left, top = (pasted.width - 224) // 2, (pasted.height - 224) // 2
+    picture.paste(pasted.crop((left, top, left + 224, top + 224)), (224, 0))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -89,6 +104,8 @@ def main() -> None:
               "buffer": p.read_bytes()} for p in sample_files()]
     if DECLARED.is_file():
         files.append({"name": "with-settings.png", "mimeType": "image/png", "buffer": with_settings(DECLARED)})
+    if CAMERA.is_file() and PASTED.is_file():
+        files.append({"name": "composite.png", "mimeType": "image/png", "buffer": composite()})
     files.append({"name": "scan-0042.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff truncated"})
     try:
         with sync_playwright() as playwright:
@@ -101,6 +118,9 @@ def main() -> None:
             toggles = page.locator("button.map-toggle")
             if toggles.count():
                 toggles.first.click()
+            declared = page.locator('[data-filename="with-settings.png"] [data-testid="provenance"] summary')
+            if declared.count():
+                declared.click()
             page.evaluate("document.activeElement.blur()")
             shot = page.screenshot(full_page=True)
             browser.close()

@@ -132,7 +132,7 @@ def test_scan_maps_writes_one_png_overlay_per_scored_image(tiny_onnx, tmp_path):
     folder = onnx_judge(tiny_onnx[1], grid="cover", max_short_side=448).save_pretrained(tmp_path / "det")
     (tmp_path / "in" / "a").mkdir(parents=True)
     (tmp_path / "in" / "b").mkdir()
-    random_photo(0, (256, 256)).save(tmp_path / "in" / "a" / "photo.png")
+    random_photo(0, (700, 700)).save(tmp_path / "in" / "a" / "photo.png")  # several cells: a one-cell map draws none
     random_photo(1, (1000, 700)).save(tmp_path / "in" / "b" / "photo.png")  # same name, other folder
     (tmp_path / "in" / "b" / "broken.png").write_bytes(b"not an image")
     result = CliRunner().invoke(app, ["scan", str(tmp_path / "in"), "-d", str(folder), "--format", "json",

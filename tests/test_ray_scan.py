@@ -186,19 +186,24 @@ def test_max_bytes_gives_the_local_scans_error_row(local_ray, mixed, tmp_path):
     assert rows.loc[refused, "score"].isna().all()
 
 
-def test_maps_writes_one_overlay_per_scored_image(local_ray, mixed, tmp_path):
+def test_maps_writes_one_overlay_per_scored_image(local_ray, tmp_path):
     from PIL import Image
 
+    from conftest import random_photo
     from diffsleuth.detectors.score_maps import overlay_name
 
-    maps = tmp_path / "maps"
-    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--output", str(tmp_path / "rows"), "--actors", "1",
+    folder, maps = tmp_path / "in", tmp_path / "maps"
+    folder.mkdir()
+    random_photo(0, (700, 700)).save(folder / "square.png")
+    random_photo(1, (1000, 700)).save(folder / "wide.png")
+    random_photo(2, (64, 48)).save(folder / "small.png")  # one cell: a one-cell map draws no overlay
+    result = runner.invoke(app, ["scan", "--ray", str(folder), "--output", str(tmp_path / "rows"), "--actors", "1",
                                  "--maps", str(maps)])
-    assert result.exit_code == EXIT_PARTIAL, result.output
-    scored = read_rows(tmp_path / "rows", "csv").query("error.isna()", engine="python").index
+    assert result.exit_code == 0, result.output
+    scored = read_rows(tmp_path / "rows", "csv").index
     written = sorted(path.name for path in maps.iterdir())
-    assert written == sorted(overlay_name(path) for path in scored) and len(written) > 1
-    assert f"wrote {len(written)} score-map overlays" in said(result)
+    assert written == sorted(overlay_name(path) for path in scored if not path.endswith("small.png"))
+    assert f"wrote {len(written)} score-map overlays" in said(result) and len(written) == 2
     with Image.open(maps / written[0]) as png:
         assert png.format == "PNG"
 

@@ -10,15 +10,19 @@ the person's own files), and no inline script, so a file name that looks like HT
 from __future__ import annotations
 
 import html
+import json
 from importlib.resources import files
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from diffsleuth.detectors.score_maps import map_scale
+
 STATIC = files("diffsleuth.server") / "static"
 # Only these files are served from the package (no path from the request reaches the file system).
-STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "cards.js": "text/javascript; charset=utf-8",
+                "app.css": "text/css; charset=utf-8",
                 "favicon.svg": "image/svg+xml"}
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
@@ -59,6 +63,8 @@ def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = 
     for key, value in limits.items():
         index = index.replace("{{%s}}" % key, str(value))
     index = index.replace("{{score_map_label}}", html.escape(score_map_label, quote=True))
+    # the page draws its overlays with the CLI's colour scale (detectors/score_maps.py)
+    index = index.replace("{{map_scale}}", html.escape(json.dumps(map_scale()), quote=True))
     has_card = model_card is not None and model_card.is_file()
     index = index.replace("{{has_model_card}}", "true" if has_card else "false")
 
