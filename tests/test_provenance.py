@@ -204,7 +204,7 @@ def test_generator_text_after_the_image_data_is_found(tmp_path, generators):
 def test_camera_exif_is_weak_evidence(tmp_path):
     found = read_provenance(camera_jpeg(tmp_path / "IMG_0001.JPG"))
     assert (found.declared, found.source, found.signature) == ("camera", "Canon EOS 5D Mark IV", UNSIGNED)
-    assert found.summary == "camera (unsigned claim): Canon EOS 5D Mark IV in EXIF (easily copied)"
+    assert found.summary == "camera (unsigned claim): Canon EOS 5D Mark IV in EXIF (weak: easily copied)"
     assert "weak" in found.details[0] and found.verdict("generated") == "generated"
 
 

@@ -122,6 +122,8 @@ def _read_all(source: Source, label, max_bytes: int) -> bytes:
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt")
+_TEXT_ERRORS = (ValueError, SyntaxError, UnidentifiedImageError)
+"""How Pillow fails on a text chunk it refuses (UnidentifiedImageError when it hides a SyntaxError)."""
 
 
 def png_without_text(data: bytes) -> bytes:
@@ -219,7 +221,7 @@ def probe_image(
     try:
         return _guarded(label, header)
     except ImageDecodeError as exc:
-        if not isinstance(exc.__cause__, (ValueError, UnidentifiedImageError)):
+        if not isinstance(exc.__cause__, _TEXT_ERRORS):
             raise
         data = _read_all(source, label, max_bytes)
         stripped = png_without_text(data)
@@ -259,7 +261,7 @@ def decode_image(
         rgb = _guarded(label, lambda: decode(data))
     except ImageDecodeError as exc:
         stripped = png_without_text(data)
-        if stripped is data or not isinstance(exc.__cause__, (ValueError, UnidentifiedImageError)):
+        if stripped is data or not isinstance(exc.__cause__, _TEXT_ERRORS):
             raise
         rgb = _guarded(label, lambda: decode(stripped))
     if rgb.width < 1 or rgb.height < 1:

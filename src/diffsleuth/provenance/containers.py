@@ -31,6 +31,7 @@ MAX_METADATA_BYTES = 16 * 1024 * 1024
 """Most text kept from one file's metadata, all chunks and tags together (a ComfyUI workflow is
 typically well under 1 MB); past it the rest is not read and the result says so."""
 MAX_JSON_KEYS = 200
+MAX_XMP_PROPERTIES = 10_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_TAGS = {0x010E: "ImageDescription", 0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x013B: "Artist",
              0x9286: "UserComment"}
@@ -183,17 +184,15 @@ def xmp_fields(xmp: str) -> dict[str, str]:
     (entity expansion) and only leaf text and attribute values matter here.
     """
     fields: dict[str, str] = {}
+    seen: dict[str, int] = {}
     pairs = [(m.group(1), m.group(2)) for m in _XMP_ELEMENT.finditer(xmp) if m.group(1) == m.group(3)]
     pairs += _XMP_ATTRIBUTE.findall(xmp)
-    for name, value in pairs:
+    for name, value in pairs[:MAX_XMP_PROPERTIES]:
         text = html.unescape(value).strip()
         if not text or name.startswith(("rdf:", "xmlns:", "x:")) and name != "rdf:li":
             continue
-        key, n = f"XMP:{name}", 1
-        while key in fields:
-            n += 1
-            key = f"XMP:{name}#{n}"
-        fields[key] = text
+        seen[name] = seen.get(name, 0) + 1
+        fields[f"XMP:{name}" if seen[name] == 1 else f"XMP:{name}#{seen[name]}"] = text
     return fields
 
 

@@ -52,4 +52,4 @@ def camera_evidence(fields: dict[str, str]) -> list[Evidence]:
         return []
     name = model if model.lower().startswith(make.lower().split()[0]) else f"{make} {model}"
     return [Evidence("exif", f"unsigned claim: exif: camera {name} (weak: EXIF is easily copied or edited)", CAMERA,
-                     name, {"EXIF:Make": make, "EXIF:Model": model}, claim=f"{name} in EXIF (easily copied)")]
+                     name, {"EXIF:Make": make, "EXIF:Model": model}, claim=f"{name} in EXIF (weak: easily copied)")]
