@@ -92,3 +92,19 @@ def test_a_scan_scores_a_png_with_a_hostile_text_chunk_like_its_clean_copy(tmp_p
     rows = list(scan_paths(ToyDetector(ToyConfig()).eval(), [tmp_path / "clean.png", tmp_path / "hostile.png"]))
     assert [r.error for r in rows] == [None, None]
     assert rows[0].score == pytest.approx(rows[1].score)
+
+
+def test_unreadable_exif_never_stops_the_pixel_score():
+    """A 40-byte garbage EXIF block made PNG and WebP files unscorable (orientation could not be read)."""
+    garbage = b"\xff" * 40
+    clean_png, hostile_png = _png(), _png(_chunk(b"eXIf", garbage))
+    assert decode_image(hostile_png).tobytes() == decode_image(clean_png).tobytes()
+    webp = io.BytesIO()
+    random_photo(0).save(webp, "WEBP", lossless=True, exif=b"Exif\0\0" + garbage)
+    assert decode_image(webp.getvalue()).size == random_photo(0).size
+    for data in (hostile_png, webp.getvalue()):
+        found = read_provenance(data)
+        assert found.declared is None and found.summary.startswith("not read: exif (SyntaxError")
+    settings = _chunk(b"tEXt", b"parameters\0" + A1111_PARAMETERS.encode())
+    both = read_provenance(_png(_chunk(b"eXIf", garbage) + settings))
+    assert both.declared == "generated" and both.errors[0].startswith("exif (")  # the text is still read

@@ -254,7 +254,10 @@ def decode_image(
             image.draft("RGB", reduced)
         image.seek(0)
         image.load()
-        image = ImageOps.exif_transpose(image) or image
+        try:
+            image = ImageOps.exif_transpose(image) or image
+        except (SyntaxError, ValueError, OSError, EOFError, IndexError, TypeError, struct.error):
+            pass  # unreadable EXIF (a 40-byte garbage eXIf chunk): orientation unknown, pixels as stored
         return _to_rgb(image)
 
     try:

@@ -49,12 +49,16 @@ class ProvenanceInputError(ValueError):
 
 
 class TextBudget:
-    """How much metadata text one file may still yield; ``cut`` once something was left unread."""
+    """How much metadata text one file may still yield; ``cut`` once something was left unread.
+
+    ``unread`` lists parts that could not be parsed (a broken EXIF block): the others still count.
+    """
 
     def __init__(self, total: int = MAX_METADATA_BYTES) -> None:
         self.left = total
         self.total = total
         self.cut = False
+        self.unread: list[str] = []
 
     def take(self, size: int) -> bool:
         """Count ``size`` bytes of plain text; False (and ``cut``) when they do not fit."""
@@ -259,6 +263,9 @@ def metadata_fields(data: bytes, budget: TextBudget | None = None) -> dict[str, 
         fields["XMP"] = xmp
         fields.update(xmp_fields(xmp))
     if exif_raw:
-        fields.update(exif_fields(exif_raw, budget))
+        try:
+            fields.update(exif_fields(exif_raw, budget))
+        except Exception as exc:  # noqa: BLE001  (a broken EXIF block must not hide the text chunks)
+            budget.unread.append(f"exif ({exc.__class__.__name__}: {str(exc)[:200]})")
     fields.update(open_json_objects(fields, budget))
     return fields

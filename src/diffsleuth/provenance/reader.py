@@ -72,6 +72,7 @@ def read_provenance(source: str | os.PathLike | bytes, *, max_bytes: int = DEFAU
             result.evidence += reader(fields)
         except Exception as exc:  # noqa: BLE001
             result.errors.append(_failure(stage, exc))
+    result.errors += budget.unread
     if budget.cut:
         result.errors.append(f"metadata cut (over {budget.total // (1 << 20) or budget.total} "
                              f"{'MiB' if budget.total >= 1 << 20 else 'bytes'} of text; the rest was not read)")
