@@ -128,7 +128,7 @@ def png_chunks(data: bytes, budget: TextBudget) -> tuple[dict[str, str], bytes |
             _translated, _, payload = rest2.partition(b"\0")
             raw = budget.inflate(payload) if compressed else payload if budget.take(len(payload)) else None
             text = None if raw is None else raw.decode("utf-8", "replace")
-        elif kind == b"eXIf" and budget.take(len(body)):
+        elif kind == b"eXIf":
             exif = body
         if text is not None:
             texts[name] = text
@@ -262,7 +262,7 @@ def metadata_fields(data: bytes, budget: TextBudget | None = None) -> dict[str, 
     if xmp and budget.take(len(xmp)):
         fields["XMP"] = xmp
         fields.update(xmp_fields(xmp))
-    if exif_raw:
+    if exif_raw and budget.take(len(exif_raw)):
         try:
             fields.update(exif_fields(exif_raw, budget))
         except Exception as exc:  # noqa: BLE001  (a broken EXIF block must not hide the text chunks)
