@@ -149,6 +149,11 @@ RUINED_FOOOCUS = {"Prompt": "a lighthouse at dusk", "Negative": "", "steps": 30,
                   "height": 896, "seed": 123456, "sampler_name": "dpmpp_2m_sde_gpu", "scheduler": "karras",
                   "base_model_name": "sd_xl_base_1.0_0.9vae.safetensors", "base_model_hash": "e6bb9ea85b",
                   "loras": [], "start_step": 0, "denoise": 1.0, "clip_skip": 1, "software": "RuinedFooocus"}
+FOOOCUS = {"prompt": "a lighthouse at dusk", "negative_prompt": "", "styles": "['Fooocus V2', 'Fooocus Enhance']",
+           "performance": "Speed", "resolution": "(1152, 896)", "guidance_scale": 4, "sharpness": 2,
+           "adm_guidance": "(1.5, 0.8, 0.3)", "base_model": "juggernautXL_v8Rundiffusion.safetensors",
+           "refiner_model": "None", "refiner_switch": 0.5, "sampler": "dpmpp_2m_sde_gpu", "scheduler": "karras",
+           "seed": "123456", "version": "Fooocus v2.5.5"}
 DIFFUSERS_SPACE = {"prompt": "a lighthouse at dusk", "negative_prompt": "lowres", "resolution": "832 x 1216",
                    "guidance_scale": 7, "num_inference_steps": 28, "style_preset": "(None)", "seed": 1234,
                    "sampler": "Euler a", "Model": "Animagine XL 3.1", "Model hash": "e3c47aedb0"}
@@ -171,11 +176,13 @@ def novelai_webp_comment() -> str:
                        "Comment": json.dumps(NOVELAI_COMMENT)})
 
 
-def save_image_plus(path: Path, fmt: str) -> Path:
-    """ComfyUI "Save Image Plus": ``exif[UserComment] = json.dumps({"prompt", "workflow"})`` in IFD0."""
+def save_image_plus(path: Path, fmt: str, quoted: bool = False) -> Path:
+    """ComfyUI "Save Image Plus": ``exif[UserComment] = json.dumps({"prompt", "workflow"})`` in IFD0
+    (one fork stores that JSON once more as a JSON string: ``quoted``)."""
     image = random_photo(2)
     exif = image.getexif()
-    exif[0x9286] = json.dumps({"prompt": COMFY_PROMPT, "workflow": COMFY_WORKFLOW})
+    text = json.dumps({"prompt": COMFY_PROMPT, "workflow": COMFY_WORKFLOW})
+    exif[0x9286] = json.dumps(text) if quoted else text
     image.save(path, fmt, exif=exif.tobytes(), quality=90)
     return path
 
@@ -213,6 +220,7 @@ def more_generator_files(folder: Path) -> dict[str, tuple[Path, str]]:
                          "SwarmUI"),
         "save_image_plus_jpeg": (save_image_plus(folder / "plus.jpg", "JPEG"), "ComfyUI"),
         "save_image_plus_webp": (save_image_plus(folder / "plus.webp", "WEBP"), "ComfyUI"),
+        "save_image_plus_quoted": (save_image_plus(folder / "plus_quoted.webp", "WEBP", quoted=True), "ComfyUI"),
         "comfyui_xmp_webp": (jpeg_with_exif(folder / "comfy_xmp.webp", fmt="WEBP", xmp=xmp_property(
             json.dumps({"prompt": COMFY_PROMPT, "workflow": COMFY_WORKFLOW}))), "ComfyUI"),
         "novelai_webp": (jpeg_with_exif(folder / "novelai.webp", {0x010E: "1girl, lighthouse, dusk"},
@@ -220,6 +228,8 @@ def more_generator_files(folder: Path) -> dict[str, tuple[Path, str]]:
                          "NovelAI (NovelAI Diffusion V4.5"),
         "novelai_xmp_webp": (jpeg_with_exif(folder / "novelai_xmp.webp", fmt="WEBP",
                                             xmp=xmp_property(novelai_webp_comment())), "NovelAI"),
+        "fooocus": (png_with_text(folder / "fooocus.png", {"parameters": json.dumps(FOOOCUS), "fooocus_scheme": "fooocus"}),
+                    "Fooocus v2.5.5, model juggernautXL"),
         "ruined_fooocus": (png_with_text(folder / "ruined.png", {"parameters": json.dumps(json.dumps(RUINED_FOOOCUS))}),
                            "RuinedFooocus, model sd_xl_base_1.0"),
         "ruined_fooocus_plain": (png_with_text(folder / "ruined2.png", {"parameters": json.dumps(RUINED_FOOOCUS)}),

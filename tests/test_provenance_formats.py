@@ -15,8 +15,9 @@ from provenance_files import (A1111_PARAMETERS, COMFY_PROMPT, jpeg_with_exif, mo
                               stealth_png, user_comment, xmp_property)
 
 NAMES = ["civitai_jpeg_utf16le", "a1111_webp_utf16le", "a1111_jpeg_ascii", "a1111_jpeg_bom", "swarmui_png",
-         "swarmui_jpeg", "save_image_plus_jpeg", "save_image_plus_webp", "comfyui_xmp_webp", "novelai_webp",
-         "novelai_xmp_webp", "ruined_fooocus", "ruined_fooocus_plain", "diffusers_space", "stealth_pngcomp",
+         "swarmui_jpeg", "save_image_plus_jpeg", "save_image_plus_webp",
+         "save_image_plus_quoted", "comfyui_xmp_webp", "novelai_webp",
+         "novelai_xmp_webp", "fooocus", "ruined_fooocus", "ruined_fooocus_plain", "diffusers_space", "stealth_pngcomp",
          "stealth_pnginfo", "stealth_novelai"]
 
 
@@ -37,6 +38,7 @@ def test_generator_settings_are_an_unsigned_claim_of_generation(files, name):
     assert source in found.source
     assert found.summary.startswith("generated (unsigned claim): settings of") and len(found.summary) <= 120
     assert not any(e.kind == "exif" for e in found.evidence)
+    assert len(found.evidence) == 1  # one tool named, not two that share field names
 
 
 def _stripped(path, tmp_path):

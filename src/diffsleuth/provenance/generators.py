@@ -144,6 +144,8 @@ def diffusers_space(value: str) -> str | None:
     data = _object(value)
     if data is None or "prompt" not in data or "num_inference_steps" not in data and "guidance_scale" not in data:
         return None
+    if fooocus(value):
+        return None  # Fooocus uses some of the same names
     if len(_DIFFUSERS_SETTINGS & set(data)) < 2:
         return None
     return _named("diffusers (Hugging Face Space)", None, data.get("Model") or data.get("model"))
