@@ -15,7 +15,8 @@ from conftest import REPO, random_photo
 from diffsleuth.provenance import read_provenance
 from diffsleuth.provenance.result import (DECLARED_GENERATED_VERDICT, SIGNATURE_INVALID, SIGNED_TRUSTED,
                                          SIGNED_UNTRUSTED, UNSIGNED)
-from provenance_files import XMP_TEMPLATE, camera_jpeg, generator_files, jpeg_with_exif, png_with_text
+from provenance_files import (A1111_PARAMETERS, XMP_TEMPLATE, camera_jpeg, generator_files, jpeg_with_exif,
+                              png_with_text, user_comment)
 
 C2PA_FIXTURES = REPO.parent / "shared" / "fixtures" / "c2pa"
 
@@ -52,7 +53,7 @@ def test_c2pa_fixture(c2pa_fixtures, name):
     for word in words:
         assert word in " ".join(found.details)
     if found.summary:
-        assert len(found.summary) <= 130 and "\n" not in found.summary
+        assert len(found.summary) <= 120 and "\n" not in found.summary
     from_bytes = read_provenance((c2pa_fixtures / name).read_bytes())
     assert from_bytes.as_dict() == found.as_dict()
     assert json.loads(json.dumps(found.as_dict()))["validation"] == validation
@@ -127,8 +128,6 @@ def test_a_manifest_that_fails_validation_is_a_claim_with_an_invalid_signature(c
 
 
 def test_a_signed_claim_outranks_an_unsigned_one_of_the_same_kind(c2pa_fixtures):
-    from provenance_files import A1111_PARAMETERS
-
     from PIL.PngImagePlugin import PngInfo
 
     info, buffer = PngInfo(), io.BytesIO()
@@ -209,8 +208,6 @@ def test_camera_exif_is_weak_evidence(tmp_path):
 
 
 def test_generator_settings_outrank_a_copied_camera_exif(tmp_path):
-    from provenance_files import A1111_PARAMETERS, user_comment
-
     path = jpeg_with_exif(tmp_path / "mixed.jpg", {0x010F: "NIKON CORPORATION", 0x0110: "NIKON D850"},
                           {0x9286: user_comment(A1111_PARAMETERS)})
     found = read_provenance(path)
@@ -295,3 +292,14 @@ def test_reading_never_decodes_pixels(generators, monkeypatch):
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
     for name in ("a1111_jpeg", "a1111_webp", "comfyui_png", "invokeai_v3"):
         assert read_provenance(generators[name][0]).declared == "generated"
+
+
+def test_summary_stays_one_short_line_whatever_the_file_says(tmp_path):
+    """Tool and model names come from the file: a long or multi-line one is cut, never spread over lines."""
+    long_model = "model-" + "x" * 300 + "\n\x1b[31mred"
+    params = A1111_PARAMETERS.replace("v1-5-pruned-emaonly", long_model.replace("\n", " "))
+    path = png_with_text(tmp_path / "long.png", {"parameters": params, "Software": "NovelAI",
+                                                 "Comment": "{\"steps\": 1, \"sampler\": \"x\", \"uc\": \"\"}"})
+    found = read_provenance(path)
+    assert len(found.summary) <= 120 and found.summary.endswith("... (+1 more)")
+    assert all(len(line) <= 200 and "\n" not in line for line in found.details)

@@ -52,6 +52,12 @@ def one_line(text: object, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
+def _fit(text: str, limit: int) -> str:
+    """One line of at most ``limit`` characters, "..." marking a cut."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 3].rstrip() + "..."
+
+
 @dataclass(frozen=True)
 class Evidence:
     """One finding: where it came from, what it declares (or None), and how that is backed.
@@ -74,8 +80,8 @@ class Evidence:
     def line(self) -> str:
         """The summary line: a declaration says whether it is a signed or an unsigned claim."""
         if self.declared is None:
-            return one_line(self.claim or self.text, SUMMARY_CHARS)
-        return one_line(f"{self.declared} ({CLAIM_WORDS[self.signature]}): {self.claim or self.text}", SUMMARY_CHARS)
+            return self.claim or self.text
+        return f"{self.declared} ({CLAIM_WORDS[self.signature]}): {self.claim or self.text}"
 
 
 @dataclass
@@ -122,21 +128,22 @@ class Provenance:
 
     @property
     def summary(self) -> str | None:
-        """One short line (at most ~120 characters) for the ``provenance`` column; None when nothing was found."""
+        """One short line (at most 120 characters) for the ``provenance`` column; None when nothing was found."""
         lead = self._strongest() or (self.evidence[0] if self.evidence else None)
-        if lead is None:
-            return one_line(f"not read: {self.errors[0]}", SUMMARY_CHARS) if self.errors else None
-        more = len(self.evidence) - 1 + len(self.errors)
-        line = lead.line
-        return f"{line} (+{more} more)" if more else line
+        if lead is None and not self.errors:
+            return None
+        line = lead.line if lead else f"not read: {self.errors[0]}"
+        more = len(self.evidence) + len(self.errors) - 1
+        suffix = f" (+{more} more)" if more else ""
+        return _fit(line, SUMMARY_CHARS - len(suffix)) + suffix
 
     @property
     def details(self) -> list[str]:
         """Short lines behind the summary, strongest claim first: each finding, then what was not read."""
         lead = self._strongest()
         ordered = ([lead] if lead else []) + [e for e in self.evidence if e is not lead]
-        lines = [one_line(item.text, DETAIL_CHARS) for item in ordered]
-        return lines + [one_line(f"not read: {error}", DETAIL_CHARS) for error in self.errors]
+        lines = [_fit(item.text, DETAIL_CHARS) for item in ordered]
+        return lines + [_fit(f"not read: {error}", DETAIL_CHARS) for error in self.errors]
 
     def verdict(self, label: str | None) -> str | None:
         """``generated (declared)`` when generation is declared (not by a failing manifest), else the label."""
