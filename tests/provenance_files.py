@@ -4,14 +4,20 @@ Field layouts follow what each tool writes: AUTOMATIC1111/Forge a ``parameters``
 the same text in EXIF UserComment, UTF-16 big-endian after ``UNICODE\\0``, for JPEG/WebP),
 ComfyUI ``prompt`` (API graph) and ``workflow`` (editor graph) JSON chunks (EXIF Model/Make as
 ``prompt:``/``workflow:`` in its WebP saver), InvokeAI ``invokeai_metadata`` (3.x+),
-``sd-metadata`` and ``Dream`` (2.x), NovelAI ``Software``/``Source``/``Comment``.
+``sd-metadata`` and ``Dream`` (2.x), NovelAI ``Software``/``Source``/``Comment``; then the JPEG/WebP
+layouts (Civitai, SwarmUI, ComfyUI "Save Image Plus", NovelAI exports), RuinedFooocus, diffusers
+Spaces and A1111 stealth metadata in the alpha bits (:func:`more_generator_files`).
 """
 
 from __future__ import annotations
 
+import gzip
+import html
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -125,4 +131,113 @@ def generator_files(folder: Path) -> dict[str, tuple[Path, str]]:
             "Title": "AI generated image", "Description": "1girl, lighthouse, dusk", "Software": "NovelAI",
             "Source": "NovelAI Diffusion V4 4F49EC75", "Generation time": "5.2",
             "Comment": json.dumps(NOVELAI_COMMENT)}), "NovelAI"),
+    }
+
+
+# --- JPEG/WebP and more tools: each written the way that tool writes it ---------------------------
+
+CIVITAI_PARAMETERS = (
+    "a lighthouse at dusk, masterpiece\nNegative prompt: blurry\n"
+    "Steps: 30, CFG scale: 5, Sampler: DPM++ 2M Karras, Seed: 42, Size: 832x1216, Clip skip: 2, "
+    "Hires upscale: 1.5, Hires steps: 12, Hires upscaler: 4x-UltraSharp, Denoising strength: 0.4, "
+    'Created Date: 2024-06-01T10:00:00.0000000Z, Civitai resources: [{"type":"checkpoint","modelVersionId":1}]')
+SWARM_PARAMETERS = {"sui_image_params": {
+    "prompt": "a lighthouse at dusk", "negativeprompt": "", "model": "Flux/flux1-dev-fp8", "seed": 305223794,
+    "steps": 25, "cfgscale": 1.0, "aspectratio": "1:1", "width": 1024, "height": 1024, "sampler": "euler",
+    "scheduler": "normal", "swarm_version": "0.9.1.1", "date": "2024-08-07"}, "sui_extra_data": {"date": "2024-08-07"}}
+RUINED_FOOOCUS = {"Prompt": "a lighthouse at dusk", "Negative": "", "steps": 30, "cfg": 8.0, "width": 1152,
+                  "height": 896, "seed": 123456, "sampler_name": "dpmpp_2m_sde_gpu", "scheduler": "karras",
+                  "base_model_name": "sd_xl_base_1.0_0.9vae.safetensors", "base_model_hash": "e6bb9ea85b",
+                  "loras": [], "start_step": 0, "denoise": 1.0, "clip_skip": 1, "software": "RuinedFooocus"}
+FOOOCUS = {"prompt": "a lighthouse at dusk", "negative_prompt": "", "styles": "['Fooocus V2', 'Fooocus Enhance']",
+           "performance": "Speed", "resolution": "(1152, 896)", "guidance_scale": 4, "sharpness": 2,
+           "adm_guidance": "(1.5, 0.8, 0.3)", "base_model": "juggernautXL_v8Rundiffusion.safetensors",
+           "refiner_model": "None", "refiner_switch": 0.5, "sampler": "dpmpp_2m_sde_gpu", "scheduler": "karras",
+           "seed": "123456", "version": "Fooocus v2.5.5"}
+DIFFUSERS_SPACE = {"prompt": "a lighthouse at dusk", "negative_prompt": "lowres", "resolution": "832 x 1216",
+                   "guidance_scale": 7, "num_inference_steps": 28, "style_preset": "(None)", "seed": 1234,
+                   "sampler": "Euler a", "Model": "Animagine XL 3.1", "Model hash": "e3c47aedb0"}
+XMP_PROPERTY = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+    'xmlns:exif="http://ns.adobe.com/exif/1.0/"><exif:UserComment>{value}</exif:UserComment>'
+    '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+
+
+def xmp_property(value: str) -> str:
+    """An XMP packet holding ``value`` as the text of one property (exiftool's XMP-exif:UserComment)."""
+    return XMP_PROPERTY.format(value=html.escape(value, quote=False))
+
+
+def novelai_webp_comment() -> str:
+    """NovelAI's WebP export: every PNG text field, as one JSON object in EXIF UserComment."""
+    return json.dumps({"Title": "NovelAI generated image", "Description": "1girl, lighthouse, dusk",
+                       "Software": "NovelAI", "Source": "NovelAI Diffusion V4.5 4BDE2A90", "Generation time": "4.1",
+                       "Comment": json.dumps(NOVELAI_COMMENT)})
+
+
+def save_image_plus(path: Path, fmt: str, quoted: bool = False) -> Path:
+    """ComfyUI "Save Image Plus": ``exif[UserComment] = json.dumps({"prompt", "workflow"})`` in IFD0
+    (one fork stores that JSON once more as a JSON string: ``quoted``)."""
+    image = random_photo(2)
+    exif = image.getexif()
+    text = json.dumps({"prompt": COMFY_PROMPT, "workflow": COMFY_WORKFLOW})
+    exif[0x9286] = json.dumps(text) if quoted else text
+    image.save(path, fmt, exif=exif.tobytes(), quality=90)
+    return path
+
+
+def stealth_png(path: Path, text: str, compressed: bool = True, seed: int = 3) -> Path:
+    """The stealth-pnginfo writer: signature, 32-bit bit count, payload, in the alpha LSBs, column by column."""
+    image = random_photo(seed, (128, 96)).convert("RGBA")
+    payload = gzip.compress(text.encode("utf-8")) if compressed else text.encode("utf-8")
+    signature = b"stealth_pngcomp" if compressed else b"stealth_pnginfo"
+    bits = np.unpackbits(np.frombuffer(signature + struct.pack(">I", len(payload) * 8) + payload, np.uint8))
+    pixels = np.array(image)
+    alpha = pixels[..., 3].T.copy()  # column-major order: x outer, y inner
+    flat = alpha.ravel()
+    flat[:len(bits)] = (flat[:len(bits)] & 0xFE) | bits
+    pixels[..., 3] = flat.reshape(alpha.shape).T
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+def more_generator_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, substring the source must contain) for the JPEG/WebP layouts and later tools."""
+    folder.mkdir(parents=True, exist_ok=True)
+    le = b"UNICODE\0" + CIVITAI_PARAMETERS.encode("utf-16-le")
+    return {
+        "civitai_jpeg_utf16le": (jpeg_with_exif(folder / "civitai.jpg", sub={0x9286: le}), "Civitai"),
+        "a1111_webp_utf16le": (jpeg_with_exif(folder / "a1111_le.webp", sub={0x9286: b"UNICODE\0"
+                                              + A1111_PARAMETERS.encode("utf-16-le")}, fmt="WEBP"), "AUTOMATIC1111"),
+        "a1111_jpeg_ascii": (jpeg_with_exif(folder / "a1111_ascii.jpg", sub={0x9286: b"ASCII\0\0\0"
+                                            + A1111_PARAMETERS.encode()}), "AUTOMATIC1111"),
+        "a1111_jpeg_bom": (jpeg_with_exif(folder / "a1111_bom.jpg", sub={0x9286: b"UNICODE\0"
+                                          + A1111_PARAMETERS.encode("utf-16")}), "AUTOMATIC1111"),
+        "swarmui_png": (png_with_text(folder / "swarm.png", {"parameters": json.dumps(SWARM_PARAMETERS, indent=2)},
+                                      compressed=True), "SwarmUI 0.9.1.1, model Flux/flux1-dev-fp8"),
+        "swarmui_jpeg": (jpeg_with_exif(folder / "swarm.jpg", sub={0x9286: user_comment(json.dumps(SWARM_PARAMETERS))}),
+                         "SwarmUI"),
+        "save_image_plus_jpeg": (save_image_plus(folder / "plus.jpg", "JPEG"), "ComfyUI"),
+        "save_image_plus_webp": (save_image_plus(folder / "plus.webp", "WEBP"), "ComfyUI"),
+        "save_image_plus_quoted": (save_image_plus(folder / "plus_quoted.webp", "WEBP", quoted=True), "ComfyUI"),
+        "comfyui_xmp_webp": (jpeg_with_exif(folder / "comfy_xmp.webp", fmt="WEBP", xmp=xmp_property(
+            json.dumps({"prompt": COMFY_PROMPT, "workflow": COMFY_WORKFLOW}))), "ComfyUI"),
+        "novelai_webp": (jpeg_with_exif(folder / "novelai.webp", {0x010E: "1girl, lighthouse, dusk"},
+                                        {0x9286: user_comment(novelai_webp_comment())}, fmt="WEBP"),
+                         "NovelAI (NovelAI Diffusion V4.5"),
+        "novelai_xmp_webp": (jpeg_with_exif(folder / "novelai_xmp.webp", fmt="WEBP",
+                                            xmp=xmp_property(novelai_webp_comment())), "NovelAI"),
+        "fooocus": (png_with_text(folder / "fooocus.png", {"parameters": json.dumps(FOOOCUS), "fooocus_scheme": "fooocus"}),
+                    "Fooocus v2.5.5, model juggernautXL"),
+        "ruined_fooocus": (png_with_text(folder / "ruined.png", {"parameters": json.dumps(json.dumps(RUINED_FOOOCUS))}),
+                           "RuinedFooocus, model sd_xl_base_1.0"),
+        "ruined_fooocus_plain": (png_with_text(folder / "ruined2.png", {"parameters": json.dumps(RUINED_FOOOCUS)}),
+                                 "RuinedFooocus"),
+        "diffusers_space": (png_with_text(folder / "space.png", {"parameters": json.dumps(DIFFUSERS_SPACE)}),
+                            "diffusers (Hugging Face Space), model Animagine XL 3.1"),
+        "stealth_pngcomp": (stealth_png(folder / "stealth_comp.png", A1111_PARAMETERS), "AUTOMATIC1111"),
+        "stealth_pnginfo": (stealth_png(folder / "stealth_info.png", A1111_PARAMETERS, compressed=False),
+                            "AUTOMATIC1111"),
+        "stealth_novelai": (stealth_png(folder / "stealth_nai.png", novelai_webp_comment()), "NovelAI"),
     }

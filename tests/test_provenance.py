@@ -13,24 +13,27 @@ from PIL import Image
 
 from conftest import REPO, random_photo
 from diffsleuth.provenance import read_provenance
-from diffsleuth.provenance.result import DECLARED_GENERATED_VERDICT
-from provenance_files import XMP_TEMPLATE, camera_jpeg, generator_files, jpeg_with_exif, png_with_text
+from diffsleuth.provenance.result import (DECLARED_GENERATED_VERDICT, SIGNATURE_INVALID, SIGNED_TRUSTED,
+                                         SIGNED_UNTRUSTED, UNSIGNED)
+from provenance_files import (A1111_PARAMETERS, XMP_TEMPLATE, camera_jpeg, generator_files, jpeg_with_exif,
+                              png_with_text, user_comment)
 
 C2PA_FIXTURES = REPO.parent / "shared" / "fixtures" / "c2pa"
 
-# file -> (declared, validation, words the provenance string must contain)
+# file -> (declared, signature, validation, words the details must contain)
 EXPECTED = {
-    "C.jpg": (None, "valid (untrusted signer)", ["non-AI algorithm", "algorithmicMedia"]),
-    "CA.jpg": (None, "valid (untrusted signer)", ["no AI declared"]),
-    "C_with_CAWG_data.jpg": ("camera", "valid (untrusted signer)", ["digitalCapture"]),
-    "ocsp.jpg": ("ai-edited", "valid (untrusted signer)", ["compositeWithTrainedAlgorithmicMedia", "Adobe Firefly"]),
-    "sd14_fake_0000_c2pa_ai.png": ("generated", "valid (untrusted signer)", ["trainedAlgorithmicMedia",
-                                                                              "Stable Diffusion 1.4"]),
-    "XCA.jpg": (None, "invalid (assertion.dataHash.mismatch)", ["not evidence either way"]),
-    "E-sig-CA.jpg": (None, "invalid (claimSignature.mismatch)", ["not evidence either way"]),
-    "no_alg.jpg": ("camera", "unreadable (unknown algorithm)", ["not evidence either way", "exif: camera"]),
-    "no_manifest.jpg": (None, None, []),
-    "libpng-test.png": (None, None, []),
+    "C.jpg": (None, None, "valid (untrusted signer)", ["non-AI algorithm", "algorithmicMedia"]),
+    "CA.jpg": (None, None, "valid (untrusted signer)", ["no AI declared"]),
+    "C_with_CAWG_data.jpg": ("camera", SIGNED_UNTRUSTED, "valid (untrusted signer)", ["digitalCapture"]),
+    "ocsp.jpg": ("ai-edited", SIGNED_UNTRUSTED, "valid (untrusted signer)",
+                 ["compositeWithTrainedAlgorithmicMedia", "Adobe Firefly"]),
+    "sd14_fake_0000_c2pa_ai.png": ("generated", SIGNED_UNTRUSTED, "valid (untrusted signer)",
+                                   ["trainedAlgorithmicMedia", "Stable Diffusion 1.4"]),
+    "XCA.jpg": (None, None, "invalid (assertion.dataHash.mismatch)", ["does not count"]),
+    "E-sig-CA.jpg": (None, None, "invalid (claimSignature.mismatch)", ["does not count"]),
+    "no_alg.jpg": ("camera", UNSIGNED, "unreadable (unknown algorithm)", ["not evidence either way", "exif: camera"]),
+    "no_manifest.jpg": (None, None, None, []),
+    "libpng-test.png": (None, None, None, []),
 }
 
 
@@ -44,14 +47,25 @@ def c2pa_fixtures():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_c2pa_fixture(c2pa_fixtures, name):
-    declared, validation, words = EXPECTED[name]
+    declared, signature, validation, words = EXPECTED[name]
     found = read_provenance(c2pa_fixtures / name)
-    assert (found.declared, found.validation, found.errors) == (declared, validation, [])
+    assert (found.declared, found.signature, found.validation, found.errors) == (declared, signature, validation, [])
     for word in words:
-        assert word in found.summary
+        assert word in " ".join(found.details)
+    if found.summary:
+        assert len(found.summary) <= 120 and "\n" not in found.summary
     from_bytes = read_provenance((c2pa_fixtures / name).read_bytes())
     assert from_bytes.as_dict() == found.as_dict()
     assert json.loads(json.dumps(found.as_dict()))["validation"] == validation
+
+
+def test_summary_is_one_short_line_and_details_say_the_rest(c2pa_fixtures):
+    """The Photoshop/Firefly file: one line saying what is claimed and that it is signed."""
+    found = read_provenance(c2pa_fixtures / "ocsp.jpg")
+    assert found.summary.startswith("ai-edited (signed C2PA claim")
+    assert "Adobe Firefly" in found.summary and len(found.summary) <= 120
+    assert any("signer Adobe Inc." in line for line in found.details)
+    assert found.as_dict()["details"] == found.details and found.as_dict()["signature"] == SIGNED_UNTRUSTED
 
 
 def test_only_a_valid_generation_manifest_gives_the_declared_verdict(c2pa_fixtures):
@@ -92,8 +106,8 @@ def test_signed_in_test_trained_is_generated_and_trust_anchors_make_it_trusted(c
     assert (found.declared, found.source, found.validation) == ("generated", "Test Model 2", "valid (untrusted signer)")
     anchors = (c2pa_fixtures / "test-certs" / "test_cert_root_bundle.pem").read_text()
     trusted = read_provenance(signed, trust_anchors=anchors)
-    assert (trusted.declared, trusted.validation) == ("generated", "trusted")
-    assert "trusted" in trusted.summary
+    assert (trusted.declared, trusted.validation, trusted.signature) == ("generated", "trusted", SIGNED_TRUSTED)
+    assert trusted.summary.startswith("generated (signed C2PA claim, trusted signer)")
 
 
 def test_algorithmic_media_is_not_ai_and_composite_is_ai_edited(c2pa_fixtures):
@@ -101,13 +115,31 @@ def test_algorithmic_media_is_not_ai_and_composite_is_ai_edited(c2pa_fixtures):
     assert read_provenance(_sign(c2pa_fixtures, _png_bytes(), "compositeWithTrainedAlgorithmicMedia")).declared == "ai-edited"
 
 
-def test_pixels_changed_after_signing_is_invalid_and_declares_nothing(c2pa_fixtures):
+def test_a_manifest_that_fails_validation_is_a_claim_with_an_invalid_signature(c2pa_fixtures):
+    """Like an OpenAI image whose credential does not validate here: still a claim, never "signed"."""
     signed = bytearray(_sign(c2pa_fixtures, _png_bytes(), "trainedAlgorithmicMedia"))
     idat = signed.index(b"IDAT")
     signed[idat + 20] ^= 0xFF  # one byte of compressed pixels
     found = read_provenance(bytes(signed))
-    assert found.validation.startswith("invalid") and found.declared is None
+    assert found.validation.startswith("invalid") and found.declared == "generated"
+    assert found.signature == SIGNATURE_INVALID and found.source == "Test Model 2"
+    assert found.summary.startswith("generated (C2PA claim, signature invalid)") and "signed C2PA" not in found.summary
     assert found.verdict("real") == "real" and found.verdict("generated") == "generated"
+
+
+def test_a_signed_claim_outranks_an_unsigned_one_of_the_same_kind(c2pa_fixtures):
+    from PIL.PngImagePlugin import PngInfo
+
+    info, buffer = PngInfo(), io.BytesIO()
+    info.add_text("parameters", A1111_PARAMETERS)
+    random_photo(0).save(buffer, format="PNG", pnginfo=info)
+    both = _sign(c2pa_fixtures, buffer.getvalue(), "trainedAlgorithmicMedia")  # settings signed over, unsigned
+    found = read_provenance(both)
+    assert (found.declared, found.signature) == ("generated", SIGNED_UNTRUSTED)
+    assert found.summary.endswith("(+1 more)") and any("unsigned claim" in line for line in found.details)
+    unsigned = read_provenance(both, c2pa=False)
+    assert (unsigned.declared, unsigned.signature) == ("generated", UNSIGNED)
+    assert unsigned.summary.startswith("generated (unsigned claim): settings of AUTOMATIC1111")
 
 
 def test_remote_manifest_is_reported_and_never_fetched(c2pa_fixtures, monkeypatch):
@@ -120,7 +152,7 @@ def test_remote_manifest_is_reported_and_never_fetched(c2pa_fixtures, monkeypatc
     monkeypatch.setattr(socket.socket, "connect", no_network)
     signed = _sign(c2pa_fixtures, _png_bytes(), "trainedAlgorithmicMedia", remote="http://127.0.0.1:9/m.c2pa")
     found = read_provenance(signed)
-    assert found.validation == "remote (not fetched)" and found.declared is None
+    assert found.validation == "remote (not fetched)" and found.declared is None and found.signature is None
     assert "http://127.0.0.1:9/m.c2pa" in found.summary
 
 
@@ -135,7 +167,7 @@ def test_without_c2pa_python_a_manifest_is_reported_not_verified(c2pa_fixtures, 
     monkeypatch.setattr(builtins, "__import__", no_c2pa)
     found = read_provenance(c2pa_fixtures / "sd14_fake_0000_c2pa_ai.png")
     assert found.declared is None and found.validation.startswith("not verified")
-    assert "diffsleuth[provenance]" in found.summary
+    assert "not verified" in found.summary and "diffsleuth[provenance]" in found.details[0]
     assert read_provenance(c2pa_fixtures / "no_manifest.jpg").summary is None
 
 
@@ -150,9 +182,9 @@ def generators(tmp_path_factory):
 def test_generator_settings_declare_generation(generators, name):
     path, source = generators[name]
     found = read_provenance(path)
-    assert found.declared == "generated" and found.errors == []
+    assert (found.declared, found.signature, found.errors) == ("generated", UNSIGNED, [])
     assert source in found.source
-    assert found.summary.startswith("generator settings of") and found.fields
+    assert found.summary.startswith("generated (unsigned claim): settings of") and found.fields
     assert found.verdict("real") == DECLARED_GENERATED_VERDICT
     assert not any(e.kind == "exif" for e in found.evidence)  # ComfyUI's EXIF Make/Model is not a camera
 
@@ -170,17 +202,17 @@ def test_generator_text_after_the_image_data_is_found(tmp_path, generators):
 
 def test_camera_exif_is_weak_evidence(tmp_path):
     found = read_provenance(camera_jpeg(tmp_path / "IMG_0001.JPG"))
-    assert (found.declared, found.source) == ("camera", "Canon EOS 5D Mark IV")
-    assert "weak" in found.summary and found.verdict("generated") == "generated"
+    assert (found.declared, found.source, found.signature) == ("camera", "Canon EOS 5D Mark IV", UNSIGNED)
+    assert found.summary == "camera (unsigned claim): Canon EOS 5D Mark IV in EXIF (weak: easily copied)"
+    assert "weak" in found.details[0] and found.verdict("generated") == "generated"
 
 
 def test_generator_settings_outrank_a_copied_camera_exif(tmp_path):
-    from provenance_files import A1111_PARAMETERS, user_comment
-
     path = jpeg_with_exif(tmp_path / "mixed.jpg", {0x010F: "NIKON CORPORATION", 0x0110: "NIKON D850"},
                           {0x9286: user_comment(A1111_PARAMETERS)})
     found = read_provenance(path)
-    assert found.declared == "generated" and "NIKON D850" in found.summary
+    assert found.declared == "generated" and "(+1 more)" in found.summary
+    assert "NIKON D850" in found.details[1]
 
 
 @pytest.mark.parametrize("dst, declared", [("trainedAlgorithmicMedia", "generated"),
@@ -192,6 +224,7 @@ def test_iptc_digital_source_type_in_xmp(tmp_path, dst, declared):
     for path in (jpeg, info):
         found = read_provenance(path)
         assert found.declared == declared and dst in found.summary
+        assert found.signature == (UNSIGNED if declared else None)
 
 
 def test_stripped_files_declare_nothing(tmp_path, generators):
@@ -246,7 +279,7 @@ def test_hostile_input_never_raises(name, tmp_path):
 def test_size_limit_and_non_files_are_errors_not_exceptions(tmp_path, generators):
     path = generators["a1111_png"][0]
     over = read_provenance(path, max_bytes=100)
-    assert over.declared is None and "over the limit of 100" in over.summary
+    assert over.declared is None and "over the limit of 100" in over.summary and over.details
     assert "not a regular file" in read_provenance(tmp_path).summary
     assert "cannot read file" in read_provenance(tmp_path / "missing.png").summary
 
@@ -259,3 +292,14 @@ def test_reading_never_decodes_pixels(generators, monkeypatch):
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
     for name in ("a1111_jpeg", "a1111_webp", "comfyui_png", "invokeai_v3"):
         assert read_provenance(generators[name][0]).declared == "generated"
+
+
+def test_summary_stays_one_short_line_whatever_the_file_says(tmp_path):
+    """Tool and model names come from the file: a long or multi-line one is cut, never spread over lines."""
+    long_model = "model-" + "x" * 300 + "\n\x1b[31mred"
+    params = A1111_PARAMETERS.replace("v1-5-pruned-emaonly", long_model.replace("\n", " "))
+    path = png_with_text(tmp_path / "long.png", {"parameters": params, "Software": "NovelAI",
+                                                 "Comment": "{\"steps\": 1, \"sampler\": \"x\", \"uc\": \"\"}"})
+    found = read_provenance(path)
+    assert len(found.summary) <= 120 and found.summary.endswith("... (+1 more)")
+    assert all(len(line) <= 200 and "\n" not in line for line in found.details)

@@ -138,7 +138,7 @@ def test_server_rows_carry_the_same_fields(toy, images):
 
 
 def test_a_failing_provenance_reader_is_reported_and_the_row_still_scored(images, toy, monkeypatch):
-    def broken(data):
+    def broken(*args):
         raise RuntimeError("boom")
 
     (plain,) = scan_json(str(images["a1111_png"]), "--detector", str(toy), "--no-provenance")

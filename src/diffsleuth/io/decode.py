@@ -120,6 +120,34 @@ def _read_all(source: Source, label, max_bytes: int) -> bytes:
     return data
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt")
+_TEXT_ERRORS = (ValueError, SyntaxError, UnidentifiedImageError)
+"""How Pillow fails on a text chunk it refuses (UnidentifiedImageError when it hides a SyntaxError)."""
+
+
+def png_without_text(data: bytes) -> bytes:
+    """The PNG without its text chunks (``data`` itself when it has none, or is not a PNG).
+
+    Pillow refuses a whole PNG over one text chunk it dislikes (over ``MAX_TEXT_CHUNK`` once
+    inflated, an unknown compression method, too many in total): metadata trouble must never stop
+    the pixel score, and no pixel needs a text chunk, so decoding retries without them.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return data
+    kept, pos, keep_from = [], len(_PNG_SIGNATURE), 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if kind in _PNG_TEXT:
+            kept.append(data[keep_from:pos])
+            keep_from = end
+        if kind == b"IEND" or end > len(data):
+            break
+        pos = end
+    return b"".join(kept + [data[keep_from:]]) if kept else data
+
+
 def _plan(image: Image.Image, label, max_pixels: int, max_aspect: float) -> tuple[int, int] | None:
     """Check the header; return the reduced size to draft to, or None to decode at full size."""
     width, height = image.size
@@ -190,7 +218,17 @@ def probe_image(
             if isinstance(source, (bytes, str, os.PathLike)):
                 image.close()  # PIL would close a caller's open file too: that one is left open
 
-    return _guarded(label, header)
+    try:
+        return _guarded(label, header)
+    except ImageDecodeError as exc:
+        if not isinstance(exc.__cause__, _TEXT_ERRORS):
+            raise
+        data = _read_all(source, label, max_bytes)
+        stripped = png_without_text(data)
+        if stripped is data:
+            raise
+    return probe_image(stripped, max_pixels=max_pixels, max_bytes=max_bytes, max_aspect=max_aspect,
+                       name=None if label is None else str(label))
 
 
 def decode_image(
@@ -209,17 +247,26 @@ def decode_image(
     label = _label(source, name)
     data = _read_all(source, label, max_bytes)
 
-    def decode() -> Image.Image:
+    def decode(data: bytes) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         reduced = _plan(image, label, max_pixels, max_aspect)
         if reduced is not None:
             image.draft("RGB", reduced)
         image.seek(0)
         image.load()
-        image = ImageOps.exif_transpose(image) or image
+        try:
+            image = ImageOps.exif_transpose(image) or image
+        except (SyntaxError, ValueError, OSError, EOFError, IndexError, TypeError, struct.error):
+            pass  # unreadable EXIF (a 40-byte garbage eXIf chunk): orientation unknown, pixels as stored
         return _to_rgb(image)
 
-    rgb = _guarded(label, decode)
+    try:
+        rgb = _guarded(label, lambda: decode(data))
+    except ImageDecodeError as exc:
+        stripped = png_without_text(data)
+        if stripped is data or not isinstance(exc.__cause__, _TEXT_ERRORS):
+            raise
+        rgb = _guarded(label, lambda: decode(stripped))
     if rgb.width < 1 or rgb.height < 1:
         raise ImageDecodeError(label, "image has no pixels")
     return rgb

@@ -2,15 +2,23 @@
 
 Fields come out as one flat ``name -> text`` dict: PNG text chunks under their keyword
 (``parameters``, ``prompt``, ``Software``, ...), EXIF tags as ``EXIF:<name>``, the XMP packet as
-``XMP`` and a JPEG/GIF comment as ``Comment:file``. PNG chunks are walked here (text chunks after
-the image data are common, and Pillow reads those only by decoding the image); other formats
+``XMP`` and each XMP property as ``XMP:<name>``, a JPEG/GIF comment as ``Comment:file``. A value
+that is a JSON object is also opened one level as ``<name>/<key>`` (SwarmUI, ComfyUI "Save Image
+Plus" and NovelAI put JSON objects in EXIF UserComment). PNG chunks are walked here (text chunks
+after the image data are common, and Pillow reads those only by decoding the image); other formats
 go through ``Image.open``, which parses headers and leaves the pixels alone.
+
+All text one file yields, decompressed or not, shares one :class:`TextBudget`: a file of 600
+zTXt chunks inflating to 8 MiB each costs what 16 MiB of text costs, and says it was cut.
 """
 
 from __future__ import annotations
 
+import html
 import io
+import json
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -18,18 +26,65 @@ import zlib
 from PIL import Image
 
 from diffsleuth.io.guards import InputError, read_regular_file
-MAX_TEXT_BYTES = 8 * 1024 * 1024
-"""Largest decompressed text chunk kept (a ComfyUI workflow is typically well under 1 MB)."""
+
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+"""Most text kept from one file's metadata, all chunks and tags together (a ComfyUI workflow is
+typically well under 1 MB); past it the rest is not read and the result says so."""
+MAX_JSON_KEYS = 200
+MAX_XMP_PROPERTIES = 10_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EXIF_TAGS = {0x010E: "ImageDescription", 0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x013B: "Artist"}
+EXIF_TAGS = {0x010E: "ImageDescription", 0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x013B: "Artist",
+             0x9286: "UserComment"}
+"""IFD0 tags read; UserComment belongs in the EXIF IFD, but ComfyUI's "Save Image Plus" writes it here."""
 EXIF_SUB_TAGS = {0x9286: "UserComment"}
 EXIF_IFD = 0x8769
 _USER_COMMENT_CODES = {b"ASCII\0\0\0": "latin-1", b"UNICODE\0": "utf-16", b"JIS\0\0\0\0\0": "shift_jis",
                        b"\0\0\0\0\0\0\0\0": "latin-1"}
+_XMP_ELEMENT = re.compile(r"<([\w.-]+:[\w.-]+)(?:\s[^<>]*)?>([^<]*)</([\w.-]+:[\w.-]+)>")
+_XMP_ATTRIBUTE = re.compile(r'\s([\w.-]+:[\w.-]+)="([^"]*)"')
 
 
 class ProvenanceInputError(ValueError):
     """The file cannot be read for provenance (missing, not a regular file, over the size limit)."""
+
+
+class TextBudget:
+    """How much metadata text one file may still yield; ``cut`` once something was left unread.
+
+    ``unread`` lists parts that could not be parsed (a broken EXIF block): the others still count.
+    """
+
+    def __init__(self, total: int = MAX_METADATA_BYTES) -> None:
+        self.left = total
+        self.total = total
+        self.cut = False
+        self.unread: list[str] = []
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` bytes of plain text; False (and ``cut``) when they do not fit."""
+        if size > self.left:
+            self.cut = True
+            return False
+        self.left -= size
+        return True
+
+    def inflate(self, payload: bytes, wbits: int = zlib.MAX_WBITS) -> bytes | None:
+        """Decompress within what is left (None past it, or when the data is broken): bombs stay small."""
+        if self.left <= 0:
+            self.cut = True
+            return None
+        limit = self.left
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(payload, limit)
+        except zlib.error:
+            return None
+        self.left -= len(out)
+        if inflater.unconsumed_tail or (not inflater.eof and len(out) == limit):
+            self.cut = True  # more was waiting: the whole budget is spent, the rest of the file is not read
+            self.left = 0
+            return None
+        return out
 
 
 def read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
@@ -45,86 +100,131 @@ def read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
         raise ProvenanceInputError(f"cannot read file ({exc.reason})") from exc
 
 
-def _inflate(data: bytes) -> str | None:
-    """Decompress a zTXt/iTXt payload, giving up (None) past MAX_TEXT_BYTES: a zip bomb stays small."""
-    inflater = zlib.decompressobj()
-    try:
-        out = inflater.decompress(data, MAX_TEXT_BYTES)
-    except zlib.error:
-        return None
-    return None if inflater.unconsumed_tail else out.decode("utf-8", "replace")
-
-
-def png_chunks(data: bytes) -> tuple[dict[str, str], bytes | None]:
+def png_chunks(data: bytes, budget: TextBudget) -> tuple[dict[str, str], bytes | None]:
     """Text chunks (tEXt, zTXt, iTXt) by keyword and the raw eXIf chunk, anywhere in the file."""
     texts: dict[str, str] = {}
     exif = None
     pos = len(PNG_SIGNATURE)
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        start = pos + 8
         pos += 12 + length
-        if len(body) < length or kind == b"IEND":
+        if pos - 4 > len(data) or kind == b"IEND":
             break
+        if kind not in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
+            continue
+        body = data[start:start + length]
         key, _, rest = body.partition(b"\0")
         name = key.decode("latin-1")
-        if len(rest) > MAX_TEXT_BYTES:
-            continue
-        if kind == b"tEXt":
-            texts[name] = rest.decode("latin-1")
+        text = None
+        if kind == b"tEXt" and budget.take(len(rest)):
+            text = rest.decode("latin-1")
         elif kind == b"zTXt" and rest[:1] == b"\0":
-            text = _inflate(rest[1:])
-            if text is not None:
-                texts[name] = text
+            raw = budget.inflate(rest[1:])
+            text = None if raw is None else raw.decode("utf-8", "replace")
         elif kind == b"iTXt" and len(rest) >= 2:
             compressed = rest[0] == 1
             _lang, _, rest2 = rest[2:].partition(b"\0")
             _translated, _, payload = rest2.partition(b"\0")
-            text = _inflate(payload) if compressed else payload.decode("utf-8", "replace")
-            if text is not None:
-                texts[name] = text
+            raw = budget.inflate(payload) if compressed else payload if budget.take(len(payload)) else None
+            text = None if raw is None else raw.decode("utf-8", "replace")
         elif kind == b"eXIf":
             exif = body
+        if text is not None:
+            texts[name] = text
     return texts, exif
 
 
 def decode_user_comment(raw: bytes | str) -> str:
-    """EXIF UserComment: an 8-byte character-code prefix, then the text (A1111 writes UTF-16)."""
+    """EXIF UserComment: an 8-byte character-code prefix, then the text (A1111 writes UTF-16).
+
+    ``UNICODE`` text comes in either byte order, with or without a byte-order mark: piexif (A1111)
+    writes big-endian, Civitai and others little-endian; the order that reads as more ASCII wins.
+    """
     if isinstance(raw, str):
-        return raw
+        return raw.strip("\0")
     code, text = raw[:8], raw[8:]
     encoding = _USER_COMMENT_CODES.get(code)
     if encoding is None:
         return raw.decode("utf-8", "replace").strip("\0")
     if encoding == "utf-16":
-        # piexif (A1111) writes big-endian without a byte-order mark; some tools write little-endian.
-        big = text.decode("utf-16-be", "replace")
-        little = text.decode("utf-16-le", "replace")
-        text_str = big if sum(c.isascii() for c in big) >= sum(c.isascii() for c in little) else little
+        if text[:2] in (b"\xfe\xff", b"\xff\xfe"):
+            text_str = text.decode("utf-16", "replace")
+        else:
+            big = text.decode("utf-16-be", "replace")
+            little = text.decode("utf-16-le", "replace")
+            text_str = big if sum(c.isascii() for c in big) >= sum(c.isascii() for c in little) else little
     else:
         text_str = text.decode(encoding, "replace")
     return text_str.strip("\0")
 
 
-def exif_fields(raw: bytes) -> dict[str, str]:
+def _tag_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = decode_user_comment(value) if value[:8] in _USER_COMMENT_CODES else value.decode("utf-8", "replace")
+    return value.strip("\0 ") if isinstance(value, str) and value.strip("\0 ") else None
+
+
+def exif_fields(raw: bytes, budget: TextBudget) -> dict[str, str]:
     """The EXIF tags the patterns look at, as ``EXIF:<name>`` text."""
     exif = Image.Exif()
     exif.load(raw)
-    fields = {}
-    for tag, name in EXIF_TAGS.items():
-        value = exif.get(tag)
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if isinstance(value, str) and value.strip("\0 "):
-            fields[f"EXIF:{name}"] = value.strip("\0 ")
+    found = [(name, exif.get(tag)) for tag, name in EXIF_TAGS.items()]
     if EXIF_IFD in exif:
         sub = exif.get_ifd(EXIF_IFD)
-        for tag, name in EXIF_SUB_TAGS.items():
-            if tag in sub and isinstance(sub[tag], (bytes, str)):
-                text = decode_user_comment(sub[tag][:MAX_TEXT_BYTES]).strip()
-                if text:
-                    fields[f"EXIF:{name}"] = text
+        found += [(name, sub.get(tag)) for tag, name in EXIF_SUB_TAGS.items()]
+    fields: dict[str, str] = {}
+    for name, value in found:
+        text = _tag_text(value)
+        if text and budget.take(len(text)):
+            fields[f"EXIF:{name}"] = fields.get(f"EXIF:{name}") or text
     return fields
+
+
+def xmp_fields(xmp: str) -> dict[str, str]:
+    """Each XMP property with a text value as ``XMP:<name>`` (a repeated name gets ``#2``, ``#3``...).
+
+    Read with two linear regular expressions rather than an XML parser: the packet is untrusted
+    (entity expansion) and only leaf text and attribute values matter here.
+    """
+    fields: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    pairs = [(m.group(1), m.group(2)) for m in _XMP_ELEMENT.finditer(xmp) if m.group(1) == m.group(3)]
+    pairs += _XMP_ATTRIBUTE.findall(xmp)
+    for name, value in pairs[:MAX_XMP_PROPERTIES]:
+        text = html.unescape(value).strip()
+        if not text or name.startswith(("rdf:", "xmlns:", "x:")) and name != "rdf:li":
+            continue
+        seen[name] = seen.get(name, 0) + 1
+        fields[f"XMP:{name}" if seen[name] == 1 else f"XMP:{name}#{seen[name]}"] = text
+    return fields
+
+
+def _json_object(text: str) -> dict | None:
+    if not text.lstrip().startswith(("{", '"')):
+        return None
+    try:
+        value = json.loads(text)
+        if isinstance(value, str):  # some tools store a JSON object as a JSON string
+            value = json.loads(value)
+    except (json.JSONDecodeError, RecursionError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def open_json_objects(fields: dict[str, str], budget: TextBudget) -> dict[str, str]:
+    """``<name>/<key>`` for each top-level key of a field that holds a JSON object (one level only)."""
+    out: dict[str, str] = {}
+    for name, text in fields.items():
+        data = _json_object(text)
+        for key, value in list((data or {}).items())[:MAX_JSON_KEYS]:
+            try:
+                value = value if isinstance(value, str) else json.dumps(value)
+            except (TypeError, ValueError, RecursionError):
+                continue
+            if budget.take(len(value)):
+                out[f"{name}/{key}"] = value
+    return out
 
 
 def _text(value: object) -> str | None:
@@ -133,16 +233,15 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def metadata_fields(data: bytes) -> dict[str, str]:
+def metadata_fields(data: bytes, budget: TextBudget | None = None) -> dict[str, str]:
     """All the metadata fields of a PNG, JPEG, WebP, TIFF or GIF file, by name (empty when none)."""
+    budget = budget or TextBudget()
     fields: dict[str, str] = {}
     exif_raw = None
     if data.startswith(PNG_SIGNATURE):
-        texts, exif_raw = png_chunks(data)
+        texts, exif_raw = png_chunks(data, budget)
         xmp = texts.pop("XML:com.adobe.xmp", None)
         fields.update(texts)
-        if xmp:
-            fields["XMP"] = xmp
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -157,11 +256,16 @@ def metadata_fields(data: bytes) -> dict[str, str]:
                     exif_raw = image.getexif().tobytes()
         exif_raw = exif_raw or info.get("exif")
         xmp = _text(info.get("xmp")) or _text(tiff_xmp)
-        if xmp:
-            fields["XMP"] = xmp
         comment = _text(info.get("comment"))
-        if comment and comment.strip("\0 "):
+        if comment and comment.strip("\0 ") and budget.take(len(comment)):
             fields["Comment:file"] = comment.strip("\0 ")
-    if exif_raw:
-        fields.update(exif_fields(exif_raw))
+    if xmp and budget.take(len(xmp)):
+        fields["XMP"] = xmp
+        fields.update(xmp_fields(xmp))
+    if exif_raw and budget.take(len(exif_raw)):
+        try:
+            fields.update(exif_fields(exif_raw, budget))
+        except Exception as exc:  # noqa: BLE001  (a broken EXIF block must not hide the text chunks)
+            budget.unread.append(f"exif ({exc.__class__.__name__}: {str(exc)[:200]})")
+    fields.update(open_json_objects(fields, budget))
     return fields

@@ -1,18 +1,17 @@
-"""What the provenance readers found in one file, and how it combines with a detector's label.
+"""What the provenance readers found in one file: each declaration, and how it is backed.
 
 Each reader (C2PA, generator metadata, XMP source type, camera EXIF) returns :class:`Evidence`
-items; :class:`Provenance` combines them. The combination is deliberately conservative:
+items; :class:`Provenance` combines them. Every declaration is a claim made by the file, and each
+carries how it is backed (:data:`SIGNATURES`): a valid C2PA signature (from a signer on the trust
+list, or not), a C2PA signature or manifest that fails validation, or nothing at all (generator
+text, XMP, EXIF: anyone can write them). The claim is reported whatever its backing; deciding what
+it does to the headline verdict is :mod:`diffsleuth.verdict`'s job, not this module's.
 
-- ``declared`` is the strongest declaration among the evidence that counts: ``generated`` over
-  ``ai-edited`` over ``camera``. A manifest that fails validation (tampered, bad signature,
-  unreadable) never declares anything: it is reported, and counts neither way.
-- ``generated (declared)`` replaces the detector's label only when ``declared`` is ``generated``,
-  which needs an intact C2PA manifest, generator settings or an IPTC source type that says so.
-  Self-declared generation is accepted without a trusted signer because nobody gains by falsely
-  declaring their own photo generated; a declared camera or AI edit never changes the label,
-  because a camera claim is easy to forge and an edit covers only part of the image.
+- ``declared`` is the strongest declaration: ``generated`` over ``ai-edited`` over ``camera``;
+  between equal claims, the better-backed one. ``signature`` says how that one is backed.
 - Finding nothing gives ``declared`` null, never "real": metadata is stripped by almost every
   re-encode, upload or screenshot.
+- ``summary`` is one short line for a table; ``details`` the short lines behind it.
 """
 
 from __future__ import annotations
@@ -29,10 +28,18 @@ SIGNATURE_INVALID = "signature invalid"
 UNSIGNED = "unsigned"
 SIGNATURES = (SIGNED_TRUSTED, SIGNED_UNTRUSTED, SIGNATURE_INVALID, UNSIGNED)
 """How the strongest declaration in a file is backed: a valid C2PA signature (from a signer on the
-trust list, or not), a C2PA signature that fails, or nothing (text anyone can write)."""
+trust list, or not), a C2PA manifest whose signature or content check fails, or nothing (text
+anyone can write)."""
 RANK = {GENERATED: 3, AI_EDITED: 2, CAMERA: 1}
+BACKING_RANK = {SIGNED_TRUSTED: 3, SIGNED_UNTRUSTED: 2, SIGNATURE_INVALID: 1, UNSIGNED: 0}
+CLAIM_WORDS = {SIGNED_TRUSTED: "signed C2PA claim, trusted signer",
+               SIGNED_UNTRUSTED: "signed C2PA claim, signer not on a trust list",
+               SIGNATURE_INVALID: "C2PA claim, signature invalid", UNSIGNED: "unsigned claim"}
+"""How a declaration reads in the summary: "signed" only for a signature that validates."""
 MAX_FIELD_CHARS = 2000
 """Raw fields are kept for inspection, cut to this many characters (prompts and workflows can be huge)."""
+SUMMARY_CHARS = 120
+DETAIL_CHARS = 200
 
 
 def clip(text: str, limit: int = MAX_FIELD_CHARS) -> str:
@@ -45,9 +52,19 @@ def one_line(text: object, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
+def _fit(text: str, limit: int) -> str:
+    """One line of at most ``limit`` characters, "..." marking a cut."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 3].rstrip() + "..."
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """One finding: where it came from, what it declares (or None), in one short human phrase."""
+    """One finding: where it came from, what it declares (or None), and how that is backed.
+
+    ``claim`` is the short phrase for the summary (``made by generative AI (Test Model 2)``),
+    ``text`` the longer line for the details.
+    """
 
     kind: str
     """``c2pa``, ``metadata`` (generator settings), ``xmp`` (IPTC digital source type) or ``exif``."""
@@ -55,16 +72,26 @@ class Evidence:
     declared: str | None = None
     source: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    signature: str = UNSIGNED
+    """One of :data:`SIGNATURES`: only a C2PA manifest can be signed."""
+    claim: str | None = None
+
+    @property
+    def line(self) -> str:
+        """The summary line: a declaration says whether it is a signed or an unsigned claim."""
+        if self.declared is None:
+            return self.claim or self.text
+        return f"{self.declared} ({CLAIM_WORDS[self.signature]}): {self.claim or self.text}"
 
 
 @dataclass
 class Provenance:
-    """Everything read from one file's metadata; never derived from the pixels.
+    """Everything read from one file's metadata; never derived from the pixels (except stealth bits).
 
     ``validation`` describes the C2PA manifest when there is one (``trusted``, ``valid (untrusted
     signer)``, ``invalid (<codes>)``, ``remote (not fetched)``, ``unreadable (<reason>)``, ``not
-    verified (...)``), else None. ``errors`` lists readers that failed on this file; what the
-    others found still stands.
+    verified (...)``), else None. ``errors`` lists readers that failed on this file (or metadata
+    that was cut at the size limit); what the others found still stands.
     """
 
     evidence: list[Evidence] = field(default_factory=list)
@@ -73,6 +100,7 @@ class Provenance:
 
     @property
     def declared(self) -> str | None:
+        """The strongest claim: ``generated``, ``ai-edited``, ``camera``, or None."""
         best = self._strongest()
         return best.declared if best else None
 
@@ -80,20 +108,13 @@ class Provenance:
     def signature(self) -> str | None:
         """How :attr:`declared` is backed (one of :data:`SIGNATURES`); None when nothing is declared."""
         best = self._strongest()
-        if best is None:
-            return None
-        if best.kind != "c2pa":
-            return UNSIGNED
-        if self.validation == "trusted":
-            return SIGNED_TRUSTED
-        if self.validation and self.validation.startswith("valid"):
-            return SIGNED_UNTRUSTED
-        return SIGNATURE_INVALID
+        return best.signature if best else None
 
     @property
     def source(self) -> str | None:
+        """The tool or model named by the strongest claim (else by any evidence)."""
         best = self._strongest()
-        if best is not None:
+        if best is not None and best.source:
             return best.source
         return next((e.source for e in self.evidence if e.source), None)
 
@@ -107,24 +128,38 @@ class Provenance:
 
     @property
     def summary(self) -> str | None:
-        """A short human string for the ``provenance`` column; None when nothing was found."""
-        parts = [item.text for item in self.evidence]
-        parts += [f"not read: {error}" for error in self.errors]
-        return "; ".join(parts) if parts else None
+        """One short line (at most 120 characters) for the ``provenance`` column; None when nothing was found."""
+        lead = self._strongest() or (self.evidence[0] if self.evidence else None)
+        if lead is None and not self.errors:
+            return None
+        line = lead.line if lead else f"not read: {self.errors[0]}"
+        more = len(self.evidence) + len(self.errors) - 1
+        suffix = f" (+{more} more)" if more else ""
+        return _fit(line, SUMMARY_CHARS - len(suffix)) + suffix
+
+    @property
+    def details(self) -> list[str]:
+        """Short lines behind the summary, strongest claim first: each finding, then what was not read."""
+        lead = self._strongest()
+        ordered = ([lead] if lead else []) + [e for e in self.evidence if e is not lead]
+        lines = [_fit(item.text, DETAIL_CHARS) for item in ordered]
+        return lines + [_fit(f"not read: {error}", DETAIL_CHARS) for error in self.errors]
 
     def verdict(self, label: str | None) -> str | None:
-        """``generated (declared)`` when generation is declared, else the detector's label."""
+        """``generated (declared)`` when generation is declared (not by a failing manifest), else the label."""
         if label is None:
             return None
-        return DECLARED_GENERATED_VERDICT if self.declared == GENERATED else label
+        declared = self.declared == GENERATED and self.signature != SIGNATURE_INVALID
+        return DECLARED_GENERATED_VERDICT if declared else label
 
     def as_dict(self) -> dict[str, object]:
-        return {"declared": self.declared, "source": self.source, "validation": self.validation,
-                "summary": self.summary, "fields": self.fields, "errors": list(self.errors)}
+        return {"declared": self.declared, "signature": self.signature, "source": self.source,
+                "validation": self.validation, "summary": self.summary, "details": self.details,
+                "fields": self.fields, "errors": list(self.errors)}
 
     def _strongest(self) -> Evidence | None:
         ranked = [e for e in self.evidence if e.declared in RANK]
-        return max(ranked, key=lambda e: RANK[e.declared], default=None)
+        return max(ranked, key=lambda e: (RANK[e.declared], BACKING_RANK[e.signature]), default=None)
 
 
 def verdict_of(provenance: Provenance | None, label: str | None) -> str | None:
