@@ -14,13 +14,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.logging import RichHandler
-from rich.markup import escape
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from diffsleuth import __version__
 from diffsleuth.extras import MissingExtraError
 from diffsleuth.progress import console as err_console
-from diffsleuth.progress import error_console, progress_enabled, set_quiet
+from diffsleuth.progress import error_console, error_line, progress_enabled, set_quiet
 
 __all__ = [
     "EXIT_FLAGGED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "PlainHelpGroup",
@@ -165,5 +164,5 @@ def fail_backbone(exc: Exception, settings: dict[str, Any] | None = None) -> typ
 
 def fail_usage(message: str) -> typer.Exit:
     """Print a one-line usage error and return the Exit to raise (code 2)."""
-    error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    error_console.print(error_line(message))
     return typer.Exit(EXIT_USAGE)

