@@ -198,7 +198,7 @@ def test_a_table_into_a_file_or_a_contradicting_format_is_refused_before_loading
 def test_mistyped_paths_and_empty_globs_fail_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.setattr("diffsleuth.detectors.registry.load_detector", refuse_loading)
     missing = tmp_path / "runs" / "nope.png"
-    result = runner.invoke(app, ["scan", str(missing), str(tmp_path / "*.webp")])
+    result = runner.invoke(app, ["scan", str(missing), str(missing), str(tmp_path / "*.webp")])
     assert result.exit_code == EXIT_USAGE
     assert f"{missing}: not found" in result.output and "*.webp: no file matches" in result.output
     assert "Traceback" not in result.output

@@ -49,7 +49,7 @@ def checked_inputs(paths: list[str]) -> Expansion:
         err_console.print(skipped)
     problems = [f"{text}: not found" for text in found.missing]
     problems += [f"{text}: no file matches this pattern" for text in found.unmatched]
-    if len(found.files) == len(found.missing):
+    if not set(found.files) - {Path(text) for text in found.missing}:
         raise fail_usage("; ".join(problems) if problems else f"no image files found in {', '.join(paths)}")
     for problem in problems:
         err_console.print(error_line(problem + (" (its row says so)" if problem.endswith("not found") else ""),
@@ -119,7 +119,7 @@ def scan(
     gpus_per_actor: Annotated[float, typer.Option(
         min=0.0, help="With --ray: GPUs per actor; above 0 the model runs on CUDA.")] = 0.0,
 ) -> None:
-    """Score images: probability that each was generated, one row per input.
+    """Score images with a detector: one row per input with its verdict and detector score.
 
     The format follows the --output name (.csv, .json, .jsonl) unless --format says it; without
     --output the rows are a table on the terminal (never written into a file). CSV and JSON Lines
@@ -147,7 +147,8 @@ def scan(
         if device != "auto":
             raise fail_usage("--device does not apply with --ray: actors run on CUDA when --gpus-per-actor "
                              "is above 0, else on the CPU")
-        raise run_ray_scan(paths, output, (fmt or OutputFormat.table).value, resume, address, actors, cpus_per_actor, summary,
+        raise run_ray_scan(paths, output, (fmt or OutputFormat.table).value, resume, address, actors, cpus_per_actor,
+                           summary,
                            dict(detector=detector, gpus_per_actor=gpus_per_actor, precision=precision,
                                 batch_size=batch_size, max_pixels=max_pixels, max_bytes=max_bytes,
                                 max_batch_pixels=max_batch_pixels, threshold=threshold, threads=threads,
@@ -157,7 +158,7 @@ def scan(
     except ScanOutputError as exc:
         raise fail_usage(str(exc)) from exc
     if resume and (output is None or not fmt.streams):
-        raise fail_usage("--resume needs --output and --format csv or jsonl")
+        raise fail_usage("--resume needs an --output in csv or jsonl")
     files = checked_inputs(paths).files
     appending = resume and output.is_file()
     if appending:  # before the model loads: a finished scan has nothing left to load it for

@@ -34,7 +34,8 @@ class Expansion:
     skipped: Counter[str] = field(default_factory=Counter)
 
     def skipped_summary(self) -> str | None:
-        """e.g. ``skipped 3 files in the folders: not an image format this install reads (.txt: 2, .xcf: 1)``, or None."""
+        """What the walks skipped, e.g. ``skipped 3 files in the folders: not an image format this install
+        reads (.txt: 2, .xcf: 1)``; None when they skipped nothing."""
         total = sum(self.skipped.values())
         if not total:
             return None
