@@ -133,3 +133,13 @@ def test_quiet_scan_prints_results_and_errors_only(tmp_path):
     assert quiet.exit_code == EXIT_OK and quiet.stderr == "" and len(out.read_text().splitlines()) == 2
     failed = runner.invoke(app, ["-q", "scan", str(tmp_path / "a.png"), "--detector", str(tmp_path / "no-such-model")])
     assert failed.exit_code == 2 and "error:" in failed.stderr
+
+
+def test_log_messages_are_one_literal_line_off_a_terminal(capsys):
+    from diffsleuth.cli.app import configure_logging
+
+    configure_logging(0)
+    name = "/data/" + "d" * 150 + "/[/]x\x1b[2J.png"
+    logging.getLogger("diffsleuth.test").warning("cannot read %s", name)
+    err = capsys.readouterr().err
+    assert f"WARNING diffsleuth.test: cannot read /data/{'d' * 150}/[/]x\\x1b[2J.png\n" in err

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -106,3 +108,65 @@ def test_skimage_and_sklearn_photos_decode():
     folder = Path(sklearn_images.__file__).parent / "images"
     for path in sorted(folder.glob("*.jpg")):
         assert decode_image(path).mode == "RGB"
+
+
+def test_every_format_pillow_decodes_is_read_and_walked(tmp_path):
+    from PIL import features
+
+    from diffsleuth.io.expansion import expand
+    from diffsleuth.io.formats import IMAGE_EXTENSIONS
+
+    photo = Image.new("RGB", (40, 30), (200, 30, 90))
+    formats = {"x.jfif": "JPEG", "x.qoi": "QOI", "x.tga": "TGA", "x.jp2": "JPEG2000"}
+    if features.check("avif"):
+        formats["x.avif"] = "AVIF"
+    for name, fmt in formats.items():
+        assert Path(name).suffix in IMAGE_EXTENSIONS
+        photo.save(tmp_path / name, format=fmt)
+    (tmp_path / "notes.txt").write_text("no image")
+    found = expand([tmp_path])
+    assert {p.name for p in found.files} == set(formats)
+    assert found.skipped == {".txt": 1}
+    for path in found.files:
+        assert decode_image(path).size == (40, 30), path.name
+
+
+def test_eps_is_refused_without_running_ghostscript(tmp_path, monkeypatch):
+    import subprocess
+
+    from diffsleuth.io.formats import IMAGE_EXTENSIONS
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a program was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    monkeypatch.setattr(subprocess, "check_call", no_subprocess)
+    eps = tmp_path / "x.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ImageDecodeError, match="unsupported image format 'EPS'"):
+        decode_image(eps)
+    assert ".eps" not in IMAGE_EXTENSIONS and ".ps" not in IMAGE_EXTENSIONS
+
+
+def test_pillow_heif_opener_is_registered_when_installed(monkeypatch):
+    import sys
+    import types
+
+    from diffsleuth.io import formats
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=lambda: calls.append(1)))
+    assert formats.register_optional_openers() and calls == [1]
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed: nothing to register, no error
+    assert not formats.register_optional_openers()
+
+
+def test_a_memory_error_while_reading_the_file_is_a_decode_error(good, monkeypatch):
+    from diffsleuth.io import decode
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(decode, "read_regular_file", out_of_memory)
+    with pytest.raises(ImageDecodeError, match="not enough memory"):
+        decode_image(good["png"])

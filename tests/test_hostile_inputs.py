@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import os
 import resource
 import subprocess
@@ -163,6 +164,9 @@ def test_every_name_survives_csv_jsonl_and_json(hostile, tmp_path):
                                           "--output", str(out), "--resume"])
             assert resumed.exit_code == EXIT_OK and "0 to scan" in " ".join(resumed.output.split())
             assert written_rows(out, OutputFormat(fmt), row_columns(load_detector(toy))) == set(paths)
+    table = runner.invoke(app, ["scan", *names, "--detector", str(toy)])
+    assert table.exit_code == EXIT_OK, table.output
+    assert "bad\\udcff\\udcfe.png" in table.stdout and "lf\\n.png" in table.stdout and "cr\\r.png" in table.stdout
 
 
 def test_path_escaping_is_lossless_and_plain_names_are_untouched():
@@ -292,7 +296,7 @@ def test_unwritable_output_fails_before_scoring_and_keeps_the_old_file(tmp_path,
 
     with monkeypatch.context() as patch:
         patch.setattr("diffsleuth.cli.scan.scan_paths", no_scoring)
-        for fmt in ("json", "table", "csv"):
+        for fmt in ("json", "csv"):  # a table is never written into a file (refused before this check)
             result = runner.invoke(app, ["scan", str(image), "--format", fmt, "--output", str(not_a_folder / "x")])
             assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output, result.output
             assert "cannot write" in " ".join(result.output.split())
@@ -339,3 +343,113 @@ def test_extract_skips_and_reports_unreadable_files(tmp_path):
     reasons = {Path(path).name: reason for path, reason in report.failed}
     assert set(reasons) == {"fifo.png", "dangling.png", "text.png"}
     assert "FIFO" in reasons["fifo.png"] and "not found" in reasons["dangling.png"]
+
+
+RAW_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_markup_in_names_is_printed_not_obeyed(tmp_path):
+    from toy_detector import saved_toy_map
+
+    toy = saved_toy_map(tmp_path / "toy")
+    folder = tmp_path / "n" / "m[/]"
+    folder.mkdir(parents=True)
+    for name in ("[bold red]rich.png", "[bold]y[red].png"):
+        (folder / name).write_bytes(_png_bytes())
+    table = runner.invoke(app, ["scan", str(folder), "--detector", str(toy)])
+    assert table.exit_code == EXIT_OK, table.output
+    assert "[bold red]rich.png" in table.stdout and "[bold]y[red].png" in table.stdout and "m[/]" in table.stdout
+    out = tmp_path / "o[/]x.csv"
+    maps = tmp_path / "maps"
+    maps.write_text("a file, so no overlay can be written under it")
+    written = runner.invoke(app, ["scan", str(folder), "--detector", str(toy), "-o", str(out), "--maps", str(maps)])
+    assert written.exit_code == EXIT_OK, written.output
+    assert f"wrote 2 rows to {out}" in written.stderr
+    assert f"no score map for {folder / '[bold red]rich.png'}" in written.stderr
+    assert len(_rows(out)) == 2
+    missing = runner.invoke(app, ["scan", str(tmp_path / "[/]typo[bold].png")])
+    assert missing.exit_code == EXIT_USAGE and "[/]typo[bold].png: no file matches" in missing.stderr
+
+
+def test_control_characters_are_visible_escapes_on_the_terminal_and_exact_in_files(tmp_path):
+    from PIL import PngImagePlugin
+
+    toy = saved_toy(tmp_path / "toy")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, Seed: 1, Model: evil\x1b[2J\x07\x00\x9b\u202e")
+    name = "esc\x1b]0;title\x07-bell\x9b-rtl\u202egnp.png"
+    random_photo(3, (64, 48)).save(folder / name, pnginfo=info)
+    result = runner.invoke(app, ["scan", str(folder), "--detector", str(toy)])
+    assert result.exit_code == EXIT_OK, result.output
+    assert not RAW_CONTROLS.search(result.stdout), repr(result.stdout)
+    assert "esc\\x1b]0;title\\x07-bell\\x9b-rtl\\u202egnp.png" in result.stdout
+    assert "\\x1b[2J\\x07\\x00\\x9b\\u202e" in result.stdout
+    out = tmp_path / "rows.json"
+    assert runner.invoke(app, ["scan", str(folder), "--detector", str(toy), "-o", str(out)]).exit_code == EXIT_OK
+    (row,) = json.loads(out.read_text())
+    assert decode_path(row["path"]) == str(folder / name) and "evil\x1b[2J\x07\x00\x9b\u202e" in row["provenance"]
+    missing = runner.invoke(app, ["scan", str(tmp_path / "bell\x07\x1b[2J.png")])
+    assert missing.exit_code == EXIT_USAGE and "bell\\x07\\x1b[2J.png" in missing.stderr
+    assert not RAW_CONTROLS.search(missing.stderr.replace("\n", ""))
+
+
+def test_memory_errors_while_reading_or_reducing_become_that_files_error_row(tmp_path, monkeypatch):
+    from diffsleuth.detectors import registry
+    from diffsleuth.io import decode
+
+    toy = saved_toy(tmp_path / "toy")
+    names = ["a.png", "huge.png", "b.png", "wide.png"]
+    for seed, name in enumerate(names):
+        (tmp_path / name).write_bytes(_png_bytes(seed, (96, 48) if name == "wide.png" else (64, 48)))
+    real_read, real_load = decode.read_regular_file, registry.load_detector
+
+    def read(path, max_bytes):
+        if Path(path).name == "huge.png":
+            raise MemoryError
+        return real_read(path, max_bytes)
+
+    def load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        reduce = model.reduce_input
+
+        def reduce_or_fail(image):
+            if image.width == 96:
+                raise MemoryError
+            return reduce(image)
+
+        model.reduce_input = reduce_or_fail
+        return model
+
+    monkeypatch.setattr(decode, "read_regular_file", read)
+    monkeypatch.setattr(registry, "load_detector", load)
+    result = runner.invoke(app, ["scan", *(str(tmp_path / n) for n in names), "--detector", str(toy),
+                                 "--format", "json"])
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    rows = {Path(row["path"]).name: row for row in json.loads(result.stdout)}
+    for name in ("huge.png", "wide.png"):
+        assert rows[name]["score"] is None and "not enough memory" in rows[name]["error"]
+    assert rows["a.png"]["error"] is None and rows["b.png"]["error"] is None
+
+
+_CAPPED_DECODE = """
+import resource, sys
+from diffsleuth.io.decode import ImageDecodeError, decode_image
+size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+cap = size + (200 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+try:
+    decode_image(sys.argv[1], max_pixels=10**9)
+except ImageDecodeError as exc:
+    print(exc.reason)
+"""
+
+
+def test_a_real_memory_cap_while_decoding_gives_an_error_not_a_crash(tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("L", (12_000, 12_000)).save(big)  # 144 MB as grey, 432 MB once converted to RGB
+    done = subprocess.run([sys.executable, "-c", _CAPPED_DECODE, str(big)], capture_output=True, timeout=120,
+                          env={**os.environ, "MALLOC_ARENA_MAX": "2"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert "not enough memory" in done.stdout.decode()

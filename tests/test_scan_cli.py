@@ -163,3 +163,146 @@ def test_resume_refuses_a_file_it_cannot_append_to(mixed, toy, tmp_path):
     assert not_rows.read_text() == "hello\n"
     result = runner.invoke(app, [*args, "--format", "json", "--output", str(tmp_path / "x.json")])
     assert result.exit_code == EXIT_USAGE and "--resume needs" in flat(result.output)
+
+
+def refuse_loading(*args, **kwargs):
+    raise AssertionError("the detector was loaded")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json", "jsonl"])
+def test_output_format_follows_the_file_name(mixed, toy, tmp_path, suffix):
+    _, good, _ = mixed
+    out = tmp_path / f"scores.{suffix}"
+    result = runner.invoke(app, ["scan", str(good["png"]), "--detector", str(toy), "-o", str(out)])
+    assert result.exit_code == EXIT_OK, result.output
+    text = out.read_text()
+    assert "━" not in text and "│" not in text
+    rows = read_rows(out, "csv") if suffix == "csv" else (json.loads(text) if suffix == "json" else
+                                                          read_rows(out, "jsonl"))
+    assert [r["path"] for r in rows] == [str(good["png"])]
+
+
+@pytest.mark.parametrize("args", [["-o", "x.txt"], ["-o", "x.csv", "--format", "table"],
+                                  ["-o", "x.json", "--format", "csv"], ["-o", "x.csv", "--format", "jsonl"]])
+def test_a_table_into_a_file_or_a_contradicting_format_is_refused_before_loading(mixed, toy, tmp_path,
+                                                                               monkeypatch, args):
+    _, good, _ = mixed
+    monkeypatch.setattr("diffsleuth.detectors.registry.load_detector", refuse_loading)
+    args = [a if not a.startswith("x.") else str(tmp_path / a) for a in args]
+    result = runner.invoke(app, ["scan", str(good["png"]), "--detector", str(toy), *args])
+    assert result.exit_code == EXIT_USAGE
+    assert len(result.output.strip().splitlines()) == 1 and "error:" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_mistyped_paths_and_empty_globs_fail_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr("diffsleuth.detectors.registry.load_detector", refuse_loading)
+    missing = tmp_path / "runs" / "nope.png"
+    result = runner.invoke(app, ["scan", str(missing), str(missing), str(tmp_path / "*.webp")])
+    assert result.exit_code == EXIT_USAGE
+    assert f"{missing}: not found" in result.output and "*.webp: no file matches" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_path_beside_good_ones_is_warned_at_once_and_gets_its_row(mixed, toy, tmp_path):
+    _, good, _ = mixed
+    missing = tmp_path / "typo.png"
+    result = runner.invoke(app, ["scan", str(good["png"]), str(missing), str(tmp_path / "*.avif"),
+                                 "--detector", str(toy), "--format", "json"])
+    assert result.exit_code == EXIT_PARTIAL
+    assert f"warning: {missing}: not found" in result.stderr and "*.avif: no file matches" in result.stderr
+    rows = {row["path"]: row for row in json.loads(result.stdout)}
+    assert "not found" in rows[str(missing)]["error"] and rows[str(good["png"])]["error"] is None
+
+
+def test_resume_with_nothing_left_does_not_load_the_model(mixed, toy, tmp_path, monkeypatch):
+    _, good, _ = mixed
+    out = tmp_path / "scores.csv"
+    args = ["scan", str(good["png"]), "--detector", str(toy), "--output", str(out)]
+    assert runner.invoke(app, args).exit_code == EXIT_OK
+    before = out.read_text()
+    monkeypatch.setattr("diffsleuth.detectors.registry.load_detector", refuse_loading)
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == EXIT_OK, again.output
+    assert "1 of 1 inputs already there, 0 to scan" in again.stderr and out.read_text() == before
+
+
+def test_unknown_detector_message_keeps_both_quotes(mixed):
+    _, good, _ = mixed
+    result = runner.invoke(app, ["scan", str(good["png"]), "--detector", "runs/nope"])
+    assert result.exit_code == EXIT_USAGE
+    assert "error: 'runs/nope' is neither" in result.stderr
+
+
+def test_messages_are_not_wrapped_when_stderr_is_not_a_terminal(mixed, toy, tmp_path):
+    _, good, _ = mixed
+    out = tmp_path / ("a-rather-long-folder-name-" * 6) / "scores.csv"
+    result = runner.invoke(app, ["scan", str(good["png"]), "--detector", str(toy), "-o", str(out)])
+    assert result.exit_code == EXIT_OK
+    assert f"wrote 1 rows to {out}\n" in result.stderr
+
+
+def test_summary_counts_verdicts_and_folder_walks_count_what_they_skip(mixed, toy, tmp_path):
+    _, good, _ = mixed
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(good["png"].read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "raw.xcf").write_bytes(b"gimp")
+    result = runner.invoke(app, ["scan", str(folder), "--detector", str(toy), "--format", "json", "--summary"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert len(json.loads(result.stdout)) == 1
+    assert "skipped 2 files in the folders" in result.stderr and ".txt: 1" in result.stderr
+    assert "1 inputs: 1 " in result.stderr and "0 unreadable" in result.stderr
+
+
+def test_the_table_shows_the_threshold_rounded_and_drops_empty_columns(mixed, toy):
+    _, good, _ = mixed
+    result = runner.invoke(app, ["scan", str(good["png"]), "--detector", str(toy), "--threshold", "0.123456789012345"])
+    assert result.exit_code == EXIT_OK
+    header = result.stdout.splitlines()[0].split()
+    assert "error" not in header and header[0] == "path"
+    assert "0.1235 or more reads as generated" in flat(result.stdout) and "0.123456789" not in result.stdout
+
+
+def table_rows():
+    base = {"label": "generated", "error": None, "threshold": 0.5861448049545288, "declared": None}
+    return [
+        {**base, "path": "photos/2024/holiday-in-the-mountains/very_long_file_name_of_a_camera_export.jpeg",
+         "score": 0.0123456, "verdict": "generated (claimed)", "detector_verdict": "no trace found",
+         "provenance": "A1111 parameters text (unsigned): Steps: 20, Sampler: Euler a, CFG scale: 7"},
+        {**base, "path": "photos/x.png", "score": 0.91, "verdict": "generated", "detector_verdict": "generated",
+         "provenance": None},
+    ]
+
+
+def test_the_table_fits_80_columns_folding_names_at_separators():
+    from diffsleuth.cli.scan_output import OutputFormat, render
+
+    text = render(table_rows(), OutputFormat.table, terminal_width=80)
+    plain = click_unstyle(text)
+    lines = plain.rstrip("\n").splitlines()
+    assert all(len(line) <= 80 for line in lines), plain
+    assert "error" not in lines[0]  # empty in every row: no column for it
+    path_cells = [line.split("│")[0].strip() for line in lines[2:] if "│" in line]
+    first = path_cells[:path_cells.index("")]
+    assert "".join(first) == table_rows()[0]["path"] and len(first) > 1
+    assert all(cell[-1] in "/-_. " for cell in first[:-1]), first  # folded after separators, not mid-word
+    verdicts = " ".join(" ".join(line.split("│")[1].split()) for line in lines[2:] if "│" in line)
+    assert "generated (claimed) · detector: no trace found" in verdicts
+    assert "0.5861 or more" in " ".join(plain.split()) and "0.58614480" not in plain
+    assert "0.0123" in plain
+
+
+def test_the_table_uses_the_verdict_alone_when_the_detector_agrees_or_the_key_is_absent():
+    from diffsleuth.cli.scan_table import verdict_text
+
+    assert verdict_text({"verdict": "generated", "detector_verdict": "generated"}) == "generated"
+    assert verdict_text({"verdict": "real", "label": "real"}) == "real"
+    assert verdict_text({"verdict": None, "label": None, "detector_verdict": None}) == ""
+
+
+def click_unstyle(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)

@@ -9,20 +9,66 @@ a time), so a library function can open its own bar inside a command's.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
+from rich.text import Text
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+_UNSAFE_IN_CELLS = re.compile(_UNSAFE.pattern[:-1] + "\t\n]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def terminal_text(text: str, newlines: bool = True) -> str:
+    """``text`` with every control character a terminal would act on written as a visible escape.
+
+    ESC, BEL, NUL, CR, the C1 controls and the bidirectional overrides (U+202E...) become ``\\x1b``,
+    ``\\u202e`` and the like, so a file name or metadata text cannot move the cursor, recolour,
+    retitle or reorder what is shown. Tab and newline are kept unless ``newlines`` is False (table cells).
+    Only for display: files get the text exactly.
+    """
+    def visible(match: re.Match[str]) -> str:
+        character = match.group()
+        code = ord(character)
+        return _NAMED.get(character) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+    return (_UNSAFE if newlines else _UNSAFE_IN_CELLS).sub(visible, text)
+
+
+class MessageConsole(Console):
+    """A stderr console for messages built from untrusted text (file names, metadata, errors).
+
+    Text is printed as it is: never parsed as rich markup (a name holding ``[/]`` or
+    ``[bold red]`` is shown, not obeyed or fatal; style a whole message with ``style=``, or pass
+    a :class:`rich.text.Text`), never highlighted, its control characters made visible
+    (:func:`terminal_text`), and not hard-wrapped when stderr is not a terminal, so that a path in
+    a log stays on one line and can be copied.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(stderr=True, markup=False, highlight=False, emoji=False)
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:  # type: ignore[override]
+        safe = [terminal_text(item) if isinstance(item, str) else item for item in objects]
+        super().print(*safe, soft_wrap=(not self.is_terminal) if soft_wrap is None else soft_wrap, **kwargs)
+
+
+console = MessageConsole()
 """The stderr console of the command line's messages (silent under ``--quiet``); a live bar stays intact."""
-error_console = Console(stderr=True)
+error_console = MessageConsole()
 """Errors: printed under ``--quiet`` too."""
+
+
+def error_line(message: str, label: str = "error:") -> Text:
+    """``error: <message>`` with the label in bold red and the message as plain text."""
+    return Text.assemble((label, "bold red"), " ", terminal_text(message))
 
 _active: list[Progress] = []
 
@@ -88,4 +134,4 @@ def track(items: Iterable[T], description: str, total: int | None = None,
 def echo(message: str) -> None:
     """A progress message on stderr (kept above a live bar); silent under ``--quiet``."""
     if not console.quiet:
-        console.print(message, highlight=False, markup=False, soft_wrap=True)
+        console.print(message)

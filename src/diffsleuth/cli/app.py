@@ -13,14 +13,12 @@ import os
 from typing import Annotated, Any
 
 import typer
-from rich.logging import RichHandler
-from rich.markup import escape
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from diffsleuth import __version__
 from diffsleuth.extras import MissingExtraError
 from diffsleuth.progress import console as err_console
-from diffsleuth.progress import error_console, progress_enabled, set_quiet
+from diffsleuth.progress import error_console, error_line, progress_enabled, set_quiet
 
 __all__ = [
     "EXIT_FLAGGED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "PlainHelpGroup",
@@ -85,6 +83,19 @@ app = typer.Typer(
 )
 
 
+class MessageHandler(logging.Handler):
+    """Log records as one message each on the error console: shown as written, never wrapped off a
+    terminal (see :class:`diffsleuth.progress.MessageConsole`), coloured by level on one."""
+
+    _STYLES = {logging.WARNING: "yellow", logging.ERROR: "red", logging.CRITICAL: "bold red"}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            error_console.print(self.format(record), style=self._STYLES.get(record.levelno, ""))
+        except Exception:  # noqa: BLE001  (logging must never raise into the caller)
+            self.handleError(record)
+
+
 def third_party_level() -> int:
     """Log level for Ray, transformers, diffusers, huggingface_hub, onnxruntime: errors only unless -v."""
     return logging.INFO if _verbosity["level"] > 0 else logging.ERROR
@@ -100,11 +111,10 @@ def configure_logging(verbosity: int) -> None:
     set_quiet(verbosity < 0)
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     root = logging.getLogger()
-    if not any(getattr(h, "_diffsleuth", False) for h in root.handlers):
-        # not silenced by -q (levels filter); rich's live display redirects stderr, so lines stay above a bar
-        handler = RichHandler(console=error_console, show_time=False, show_path=False, markup=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        handler._diffsleuth = True  # type: ignore[attr-defined]
+    if not any(isinstance(h, MessageHandler) for h in root.handlers):
+        # not silenced by -q (levels filter); the console keeps lines above a live bar
+        handler = MessageHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("diffsleuth").setLevel(level)
@@ -165,5 +175,5 @@ def fail_backbone(exc: Exception, settings: dict[str, Any] | None = None) -> typ
 
 def fail_usage(message: str) -> typer.Exit:
     """Print a one-line usage error and return the Exit to raise (code 2)."""
-    error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    error_console.print(error_line(message))
     return typer.Exit(EXIT_USAGE)

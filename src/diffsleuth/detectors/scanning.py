@@ -163,7 +163,12 @@ def score_sources(detector: Detector, names: Sequence[str], sources: Sequence[So
 
     def prepare(index: int) -> Image.Image | ImageDecodeError:
         decoded = decode_or_error(sources[index], name=names[index], limits=limits)
-        return decoded if isinstance(decoded, ImageDecodeError) else detector.reduce_input(decoded)
+        if isinstance(decoded, ImageDecodeError):
+            return decoded
+        try:
+            return detector.reduce_input(decoded)
+        except MemoryError:  # the decoded image is dropped here, so the next files still have room
+            return ImageDecodeError(names[index], "not enough memory to read and decode this image")
 
     found = list(provenance) if provenance is not None else [None] * len(sources)
     threshold = float(detector.config.threshold)

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from rich.markup import escape
 
 from diffsleuth.io.guards import encode_path
 from diffsleuth.progress import console
@@ -197,6 +196,5 @@ def write_map(directory: Path, result: ScanResult, max_pixels: int, map_label: s
                            map_label, source, result.threshold)
         return 1
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the row is kept and the scan goes on
-        where = escape(encode_path(result.path))
-        console.print(f"[yellow]no score map for {where}: {escape(encode_path(str(exc)))}[/]", highlight=False)
+        console.print(f"no score map for {encode_path(result.path)}: {exc}", style="yellow")
         return 0

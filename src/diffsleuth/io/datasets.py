@@ -15,18 +15,15 @@ Supported layouts, detected by :func:`load_records`:
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from diffsleuth.io.guards import path_kind, walk_images
+from diffsleuth.io.expansion import expand
+from diffsleuth.io.formats import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".mpo"}
-)
 REAL, FAKE = 0, 1
 _LABEL_WORDS = {
     "0": REAL, "real": REAL, "nature": REAL, "natural": REAL, "0_real": REAL,
@@ -176,25 +173,10 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     A named file is kept whatever its extension (or its kind: a FIFO or a link to nothing), so
     that a wrong or missing file still becomes an error row instead of silently vanishing; so is a
     folder that cannot be listed, found or named. Never raises for a path it cannot read. Order is
-    stable and duplicates are dropped.
+    stable and duplicates are dropped. :func:`diffsleuth.io.expansion.expand` also says what was
+    missing, unmatched or skipped.
     """
-    seen: dict[Path, None] = {}
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        kind = path_kind(path)
-        if kind == "dir":
-            seen.update(dict.fromkeys(walk_images(path, IMAGE_EXTENSIONS)))
-        elif kind == "file" or not glob.has_magic(text):
-            seen.setdefault(path, None)
-        else:
-            for match in sorted(glob.glob(text, recursive=True)):
-                candidate = Path(match)
-                if path_kind(candidate) == "dir":
-                    seen.update(dict.fromkeys(walk_images(candidate, IMAGE_EXTENSIONS)))
-                else:
-                    seen.setdefault(candidate, None)
-    return list(seen)
+    return expand(inputs).files
 
 
 def stable_fraction(key: str, seed: int) -> float:

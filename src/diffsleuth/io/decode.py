@@ -23,6 +23,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from diffsleuth.io.formats import SUPPORTED_FORMATS
 from diffsleuth.io.guards import DEFAULT_MAX_BYTES, InputError, open_regular, read_bounded, read_regular_file
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -31,8 +32,8 @@ DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_ASPECT = 50
 """Longest side over shortest side above which an image is refused (a 50:1 strip; panoramas are ~10:1)."""
 
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO")
 _DRAFT_FORMATS = ("JPEG", "MPO")
+_NO_MEMORY = "not enough memory to read and decode this image"
 
 Source = Union[str, os.PathLike, bytes, BinaryIO]
 """A path, the bytes of a file, or an open binary file (read from its start)."""
@@ -116,6 +117,8 @@ def _read_all(source: Source, label, max_bytes: int) -> bytes:
             data = read_bounded(source, max_bytes)
     except InputError as exc:
         raise ImageDecodeError(label, exc.reason) from exc
+    except MemoryError as exc:
+        raise ImageDecodeError(label, _NO_MEMORY) from exc
     _check_size(label, len(data), max_bytes)
     return data
 
@@ -185,7 +188,7 @@ def _guarded(label, action):
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(label, f"decompression-bomb guard: {exc}") from exc
     except MemoryError as exc:
-        raise ImageDecodeError(label, "not enough memory to decode this image") from exc
+        raise ImageDecodeError(label, _NO_MEMORY) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
         raise ImageDecodeError(label, f"corrupt or truncated image ({exc})") from exc
 

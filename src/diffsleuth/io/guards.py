@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import stat
+from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
 
@@ -120,17 +121,23 @@ def read_bounded(handle: BinaryIO, max_bytes: int, chunk: int = 1 << 20) -> byte
             raise InputError(f"file is over the limit of {max_bytes} bytes (--max-bytes)")
 
 
-def walk_images(folder: Path, extensions: frozenset[str]) -> list[Path]:
+def walk_images(folder: Path, extensions: frozenset[str], skipped: Counter[str] | None = None) -> list[Path]:
     """Files below ``folder`` whose suffix is in ``extensions``, sorted; folders that cannot be
     listed are returned too (reading them gives the error row). Links to folders are not followed,
-    so a link cycle cannot loop; links to files are listed and checked when read."""
+    so a link cycle cannot loop; links to files are listed and checked when read. The files left
+    out are counted by suffix into ``skipped``, so that a caller can say what it did not read."""
     found: list[Path] = []
 
     def unlistable(exc: OSError) -> None:
         found.append(Path(exc.filename) if exc.filename is not None else folder)
 
     for root, _dirs, files in os.walk(folder, onerror=unlistable):
-        found.extend(Path(root, name) for name in files if Path(name).suffix.lower() in extensions)
+        for name in files:
+            suffix = Path(name).suffix.lower()
+            if suffix in extensions:
+                found.append(Path(root, name))
+            elif skipped is not None:
+                skipped[suffix or "(no suffix)"] += 1
     return sorted(found)
 
 
