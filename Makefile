@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 IMAGES ?= $(wildcard ../shared/data/multigen ../shared/data/sd14-vs-unsplash)
 SCAN_OUTPUT ?= scan-results.csv
 
-.PHONY: scan test install bench browser screenshot
+.PHONY: scan test test-slow test-all install bench browser screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,17 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
 	  echo "chromium is not installed: the browser tests will be skipped (apt-get install chromium)"
 
-## test: run the whole test suite
-test: install browser
+## test: the test suite without the tests marked slow (see the README for the times)
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+## test-slow: only the slow tests (Ray, Chromium, multi-process and ../shared/data training); CI
+## runs `make test` then this, so together they are the whole suite, each test once
+test-slow: install browser
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+## test-all: the whole suite in one run
+test-all: install browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 ## screenshot: docs/images/web-page.png, the page with results (needs chromium)

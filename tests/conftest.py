@@ -17,6 +17,26 @@ from PIL import Image  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+SLOW_MODULES = {"test_ray_scan", "test_ray_extract", "test_web_page"}
+"""Whole files marked ``slow``: each starts a Ray cluster or drives Chromium against a server."""
+SLOW_TESTS = {
+    "test_dnf::test_cli_extract_train_and_scan",  # extracts and trains on ../shared/data
+    "test_calibrate::test_threshold_from_one_half_holds_on_the_other",  # 320 shared photos, default model
+    "test_gpu_check::test_quick_cpu_mode_runs_every_check",  # every GPU check, on the CPU
+    "test_ddp_training::test_two_processes_train_and_save_one_detector",  # two processes under accelerate
+    "test_evaluation::test_end_to_end_on_held_out_shared_data",  # trains and evaluates on ../shared/data
+}
+"""Single tests marked ``slow`` (``module::test``; tens of seconds to minutes each on 2 cores)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tests in one place, so ``make test`` (``-m "not slow"``) stays short and
+    ``make test-slow`` / CI run exactly the rest."""
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if getattr(item, "module", None) else ""
+        if module in SLOW_MODULES or f"{module}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

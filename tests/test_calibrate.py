@@ -49,7 +49,7 @@ def test_ties_and_saturated_scores():
         choose_threshold(np.ones(100), 0.05, 0.95)
     with pytest.raises(CalibrationError, match="at least 299"):
         choose_threshold(np.zeros(100), 0.01, 0.95)
-    with pytest.raises(CalibrationError, match="between 0 and 1"):
+    with pytest.raises(CalibrationError, match="--target-fpr must be at least 1e-06 and below 1"):
         choose_threshold(np.zeros(100), 0.0, 0.95)
 
 
@@ -75,7 +75,7 @@ def test_target_below_one_over_n_is_refused_with_the_photos_needed(photos, toy, 
     result = runner.invoke(app, ["calibrate", str(folder), "--target-fpr", "0.01", "--output", str(tmp_path / "out"),
                                  "--detector", str(toy)])
     assert result.exit_code == EXIT_USAGE
-    assert "needs at least 299 real photos, got 61" in flat(result.output)
+    assert "needs at least 299 distinct real photos, got 61" in flat(result.output)
     assert not (tmp_path / "out").exists()
 
 
@@ -139,3 +139,71 @@ def test_threshold_from_one_half_holds_on_the_other(shared_data, tmp_path):
     rows = json.loads(scanned.stdout)
     held_out_fpr = sum(r["label"] == "generated" for r in rows) / len(rows)
     assert len(rows) == 160 and held_out_fpr <= 0.10, held_out_fpr
+
+
+def test_copies_and_links_of_one_photo_count_once(photos, toy, tmp_path):
+    """59 copies (and links) of one photo are one photo: refused, not an FPR bound of 4.95% (#32 item 11)."""
+    folder, _ = photos
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    original = folder / "000.png"
+    for i in range(40):
+        (copies / f"copy{i:02d}.png").write_bytes(original.read_bytes())
+    for i in range(19):
+        (copies / f"link{i:02d}.png").symlink_to(original)
+    result = runner.invoke(app, ["calibrate", str(copies), "--target-fpr", "0.05", "--output", str(tmp_path / "out"),
+                                 "--detector", str(toy)])
+    text = flat(result.output)
+    assert result.exit_code == EXIT_USAGE, text
+    assert "58 of the 59 real photos are copies" in text
+    assert "needs at least 59 distinct real photos, got 1 (58 copies left out)" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicates_are_dropped_and_reported(photos, toy, tmp_path):
+    folder, _ = photos
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for path in sorted(folder.glob("*.png")):
+        (mixed / path.name).write_bytes(path.read_bytes())
+    for i in range(5):
+        (mixed / f"again{i}.png").write_bytes((folder / "001.png").read_bytes())
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["calibrate", str(mixed), "--target-fpr", "0.05", "--output", str(out),
+                                 "--detector", str(toy)])
+    assert result.exit_code == EXIT_OK, result.output
+    assert "5 of the 66 real photos are copies" in flat(result.output)
+    report = json.loads((out / "report.json").read_text())
+    assert report["duplicates"] == 5 and report["calibration"]["n"] == 60 and report["unreadable"] == 1
+    assert "5 copies of another photo's bytes" in (out / "report.md").read_text()
+
+
+def test_unwritable_output_is_refused_before_scoring(photos, toy, tmp_path, monkeypatch):
+    """Exit 2 in one line before any photo is scored (#32 item 14)."""
+    import diffsleuth.cli.calibrate as calibrate_cli
+
+    folder, _ = photos
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(calibrate_cli, "_scores", lambda *a, **k: pytest.fail("scored before refusing"))
+    result = runner.invoke(app, ["calibrate", str(folder), "--target-fpr", "0.05", "--output",
+                                 str(blocker / "out"), "--detector", str(toy)])
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
+    assert f"--output {blocker / 'out'} cannot be written" in flat(result.output)
+    assert flat(result.output).startswith("error:") and flat(result.output).count("error") == 1  # one message
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--target-fpr", "5e-324", "--target-fpr must be at least 1e-06 and below 1"),
+    ("--target-fpr", "1e-300", "--target-fpr must be at least 1e-06"),
+    ("--target-fpr", "1", "--target-fpr must be at least 1e-06 and below 1"),
+    ("--target-fpr", "nan", "--target-fpr must be"),
+    ("--confidence", "1.5", "--confidence must be between 0 and 1"),
+])
+def test_target_and_confidence_out_of_range_name_the_option(photos, toy, tmp_path, option, value, words):
+    folder, _ = photos
+    result = runner.invoke(app, ["calibrate", str(folder), option, value, "--output", str(tmp_path / "out"),
+                                 "--detector", str(toy)])
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
+    assert words in flat(result.output)
+    assert not (tmp_path / "out").exists()

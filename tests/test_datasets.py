@@ -98,3 +98,46 @@ def test_splits_are_deterministic_and_keep_given_ones(tmp_path):
     assert first != assign_splits(records, 0.2, 0.2, seed=2)
     kept = assign_splits(load_records(tmp_path / "gi"), seed=0)
     assert kept[0].split == "val"
+
+
+def test_real_and_fake_folders_are_a_labelled_layout(tmp_path):
+    """``real/`` and ``fake/`` (the development data's layout, here without its manifest), recursive."""
+    _img(tmp_path / "real" / "a.png")
+    _img(tmp_path / "real" / "deep" / "b.jpg")
+    _img(tmp_path / "fake" / "c.png")
+    _img(tmp_path / "fake" / "sdxl" / "nested" / "d.webp")
+    (tmp_path / "fake" / "notes.txt").write_text("not an image")
+    assert detect_layout(tmp_path) == "real_fake"
+    records = {r.path.name: r for r in load_records(tmp_path)}
+    assert {name: r.label for name, r in records.items()} == {"a.png": 0, "b.jpg": 0, "c.png": 1, "d.webp": 1}
+    assert records["d.webp"].generator == "sdxl" and records["c.png"].generator is None
+    assert records["b.jpg"].generator is None
+
+
+def test_shared_data_folders_load_without_their_manifest(shared_data, tmp_path):
+    for name in ("real", "fake"):
+        (tmp_path / name).symlink_to(shared_data / "sd14-vs-unsplash" / name)
+    records = load_records(tmp_path)
+    assert len(records) == 1000 and sum(r.label for r in records) == 700
+
+
+def test_eval_accepts_real_fake_folders_and_names_the_layouts_when_unlabelled(tmp_path):
+    from typer.testing import CliRunner
+
+    from diffsleuth.cli.main import app
+    from toy_detector import saved_toy
+
+    toy = saved_toy(tmp_path / "toy")
+    for i in range(4):
+        _img(tmp_path / "data" / "real" / f"{i}.png", i)
+        _img(tmp_path / "data" / "fake" / "gen" / f"{i}.png", 50 + i)
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--detector", str(toy), "--data", str(tmp_path / "data"), "--output",
+                                 str(tmp_path / "out"), "--bootstrap", "10", "--sweep", "jpeg:90"])
+    assert result.exit_code == 0, result.output
+    _img(tmp_path / "plain" / "x.png")
+    refused = runner.invoke(app, ["eval", "--detector", str(toy), "--data", str(tmp_path / "plain"), "--output",
+                                  str(tmp_path / "out2")])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "no labelled images" in text
+    assert "real/ and fake/ folders" in text and "0_real/ and 1_fake/" in text and "manifest.csv" in text

@@ -135,7 +135,7 @@ def test_predict_takes_paths_bytes_pil_images_and_arrays(tmp_path):
     import numpy as np
 
     from diffsleuth.detectors.scanning import scan_paths
-    from diffsleuth.io.decode import ImageDecodeError, decode_image
+    from diffsleuth.io.decode import decode_image
 
     model = load_detector(saved_toy(tmp_path / "toy"))
     path = tmp_path / "photo.png"
@@ -151,13 +151,85 @@ def test_predict_takes_paths_bytes_pil_images_and_arrays(tmp_path):
     assert [p.score for p in listed] == pytest.approx([expected] * len(kinds), abs=1e-6)
     assert len(model.predict(np.stack([np.asarray(decoded)] * 3))) == 3  # NxHxWx3: a batch
 
-    with pytest.raises(ImageDecodeError, match="missing.png"):
-        model.predict(tmp_path / "missing.png")
-    with pytest.raises(ImageDecodeError, match="not a recognised image"):
-        model.predict(b"not an image")
-    with pytest.raises(ImageDecodeError, match="over the limit"):
-        model.predict(path, max_pixels=100)
+    (missing,) = model.predict(tmp_path / "missing.png")
+    assert missing.score is None and missing.label is None and "missing.png" in missing.error
+    assert "not a recognised image" in model.predict(b"not an image")[0].error
+    assert "over the limit" in model.predict(path, max_pixels=100)[0].error
     with pytest.raises(ValueError, match=r"HxWx3 uint8"):
         model.predict(np.zeros((8, 8, 3), dtype=np.float32))
     with pytest.raises(TypeError, match="int"):
         model.predict([3])
+
+
+def test_one_unreadable_input_costs_only_its_own_prediction(tmp_path):
+    """As a scan gives an error row: the bad input gets ``error`` and no score, the rest are scored."""
+    model = load_detector(saved_toy(tmp_path / "toy"))
+    good = tmp_path / "good.png"
+    random_photo(1, (48, 40)).save(good)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    lazy = __import__("PIL.Image").Image.open(truncated)  # opens (header), fails when its pixels load
+    inputs = [good, tmp_path / "broken.png", tmp_path / "missing.png", lazy, random_photo(2, (48, 40))]
+    predictions = model.predict(inputs, batch_size=2)
+    assert len(predictions) == 5
+    assert [p.error is None for p in predictions] == [True, False, False, False, True]
+    assert predictions[0].score == pytest.approx(model.predict(good)[0].score, abs=1e-6)
+    assert all(p.score is None and p.label is None for p in predictions[1:4])
+    assert "broken.png" in predictions[1].error and "missing.png" in predictions[2].error
+    assert predictions[3].error.startswith("input 3")
+
+
+def test_detector_is_callable_like_a_pipeline(tmp_path):
+    """``detector(x)``: one input gives one Prediction, a list gives a list; a tensor is still forward."""
+    from diffsleuth.detectors.base import Prediction
+
+    model = load_detector(saved_toy(tmp_path / "toy"))
+    path = tmp_path / "photo.png"
+    random_photo(3, (48, 40)).save(path)
+    one = model(str(path))
+    assert isinstance(one, Prediction) and one.score == pytest.approx(model.predict(path)[0].score, abs=1e-6)
+    assert [p.score for p in model([path, path], threshold=0.0)] == [one.score, one.score]
+    assert model([path], threshold=0.0)[0].label == "generated"
+    assert model(tmp_path / "missing.png").error is not None
+    logits = model(torch.zeros(2, 3, 32, 32))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2,)
+
+
+def test_16_bit_pil_images_are_scaled_as_the_file_is(tmp_path):
+    """A 16-bit (I;16) or 32-bit (I) PIL image is converted as its file is decoded, not clipped to white."""
+    import numpy as np
+    from PIL import Image
+
+    model = load_detector(saved_toy(tmp_path / "toy"))
+    ramp = (np.arange(64 * 48).reshape(48, 64) * 21).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    by_path = model.predict(path)[0].score
+    opened = Image.open(path)
+    assert opened.mode.startswith("I;16")
+    assert model.predict(opened)[0].score == pytest.approx(by_path, abs=1e-6)
+    from diffsleuth.io.inputs import read_input
+
+    as_int32 = read_input(Image.fromarray(ramp.astype(np.int32), mode="I"))  # Pillow's mode for 16-bit TIFFs
+    assert abs(np.asarray(as_int32).mean() - ramp.mean() * 255 / ramp.max()) < 1  # scaled, not clipped to 255
+    assert np.asarray(read_input(opened)).mean() < 200
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (42, TypeError, "cannot score a int; give a file path"),
+    (3.5, TypeError, "cannot score a float"),
+    ({"a": 1}, TypeError, "cannot score a dict"),
+    ([b"x", None], TypeError, "input 1: cannot score a NoneType"),
+    ("https://example.com/a.jpg", ValueError, "does not download images: download the file first"),
+    (["ok.png", "HTTP://example.com/b.png"], ValueError, "input 1: 'HTTP://example.com/b.png' is a URL"),
+])
+def test_wrong_inputs_and_urls_are_refused_before_scoring(tmp_path, bad, error, words):
+    model = load_detector(saved_toy(tmp_path / "toy"))
+    scored = []
+    model.score_images = lambda images: scored.append(images)  # must never be reached
+    with pytest.raises(error, match=words):
+        model.predict(bad)
+    with pytest.raises(error, match=words):
+        model(bad)
+    assert scored == []

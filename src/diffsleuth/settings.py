@@ -3,7 +3,9 @@
 :func:`config_from_dict` validates before it builds: every value must have its field's type (an
 int is accepted for a float), every number must be finite (the NaN and Infinity that Python's
 JSON reader accepts are refused here), a field with ``metadata={"range": (low, high)}`` must lie in it,
-and the dataclass's own checks (``__post_init__``) must pass. A failure is a
+and the dataclass's own checks (``__post_init__``) must pass. Every number a detector config
+holds has a range (:func:`ranged`): a setting outside what the code can run sensibly (a grid of
+1000x1000 crops, a 0-pixel side) is refused on load instead of scoring nonsense. A failure is a
 :class:`ConfigError` that names the field, dotted from the top (``config.preprocess.size``).
 """
 
@@ -54,8 +56,11 @@ def check_value(tp: Any, value: Any, field: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error, naming the nested field it is about
+            return check_value(options[0], value, field)
         errors = []
-        for arg in (a for a in args if a is not type(None)):
+        for arg in options:
             try:
                 return check_value(arg, value, field)
             except ConfigError as exc:
@@ -114,6 +119,11 @@ def _check_range(spec: dataclasses.Field, value: Any, field: str) -> None:
             span = f"between {low} and {high}" if low is not None and high is not None else (
                 f"at least {low}" if low is not None else f"at most {high}")
             raise ConfigError(field, f"must be {span}, got {value!r}")
+
+
+def ranged(default: Any, low: float | None, high: float | None) -> Any:
+    """A dataclass field with ``default`` whose value (or each item of it) must lie in [low, high]."""
+    return dataclasses.field(default=default, metadata={"range": (low, high)})
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

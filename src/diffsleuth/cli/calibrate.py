@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,6 +33,32 @@ def _scores(model, files: list[Path], batch_size: int) -> tuple[list[float], int
     return scores, unreadable
 
 
+def _writable_output(output: Path) -> bool:
+    """Check, before any scoring, that ``output`` is a new or empty folder this user can write into
+    (creating it); return whether it was created, so a later refusal can remove it again."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise fail_usage(f"{output} already exists and is not an empty folder: choose a new --output")
+    created = not output.exists()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as exc:
+        raise fail_usage(f"--output {output} cannot be written ({exc.strerror or exc}): choose another folder") from exc
+    return created
+
+
+def _unique(files: list[Path], what: str) -> list[Path]:
+    """``files`` without byte-for-byte copies, saying on stderr how many were dropped."""
+    from diffsleuth.evaluation.calibration import unique_by_content
+
+    unique, duplicates = unique_by_content(files)
+    if duplicates:
+        err_console.print(f"{duplicates} of the {len(files)} {what} are copies of another's bytes (or links to "
+                          f"one file) and count once: {len(unique)} left")
+    return unique
+
+
 @app.command()
 def calibrate(
     photos: Annotated[list[str], typer.Argument(help="Your real photos: files, folders (recursive) or globs.")],
@@ -50,7 +77,8 @@ def calibrate(
     are flagged, with --confidence; write a detector folder using it, plus report.md, report.json
     and a score histogram.
 
-    Too few photos for the target are refused with the number needed (299 for 1% at 95%).
+    Too few photos for the target are refused with the number needed (299 for 1% at 95%). Files
+    with the same bytes (copies, links to one file) count once.
 
     Exit codes: 0 written; 2 usage error, too few photos, or unusable output folder.
     """
@@ -68,35 +96,44 @@ def calibrate(
     )
     from diffsleuth.io.datasets import expand_inputs
 
-    files = expand_inputs(photos)
     try:
         needed = photos_needed(target_fpr, confidence)
     except CalibrationError as exc:
         raise fail_usage(str(exc)) from exc
+    listed = expand_inputs(photos)
+    files = _unique(listed, "real photos")
     if len(files) < needed:
-        raise fail_usage(f"--target-fpr {target_fpr:g} at {confidence:.0%} confidence needs at least {needed} real "
-                         f"photos, got {len(files)}: add {needed - len(files)} more or raise --target-fpr")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise fail_usage(f"{output} already exists and is not an empty folder: choose a new --output")
-    fake_files = expand_inputs(fakes) if fakes else []
+        copies = f" ({len(listed) - len(files)} copies left out)" if len(listed) > len(files) else ""
+        raise fail_usage(f"--target-fpr {target_fpr:g} at {confidence:.0%} confidence needs at least {needed} "
+                         f"distinct real photos, got {len(files)}{copies}: add {needed - len(files)} more or raise "
+                         "--target-fpr")
+    fake_files = _unique(expand_inputs(fakes), "known fakes") if fakes else []
     if fakes and not fake_files:
         raise fail_usage(f"no image files found in --fakes {', '.join(fakes)}")
+    created = _writable_output(output)
+
+    def refuse(message: str) -> typer.Exit:
+        if created:
+            output.rmdir()  # created empty above: a refusal leaves nothing behind
+        return fail_usage(message)
+
     try:
         source = resolve_detector_path(detector)
         torch_device = resolve_device(device)
         model = load_detector(source, device=torch_device, dtype=resolve_dtype(torch_device, precision))
     except (ValueError, KeyError, WeightsError) as exc:
-        raise fail_usage(str(exc).strip("'\"")) from exc
+        raise refuse(str(exc).strip("'\"")) from exc
 
     err_console.print(f"scoring {len(files)} real photos with {model.name} ({source})")
     real, unreadable = _scores(model, files, batch_size)
-    stored = float(model.config.threshold)
     try:
         cal = choose_threshold(np.asarray(real), target_fpr, confidence)
     except CalibrationError as exc:
-        raise fail_usage(f"{exc} ({unreadable} of {len(files)} could not be read)" if unreadable else str(exc)) from exc
+        raise refuse(f"{exc} ({unreadable} of {len(files)} could not be read)" if unreadable else str(exc)) from exc
+    stored = float(model.config.threshold)
     fake_scores = None
     report = {"detector": model.name, "source": str(source), "output": str(output), "unreadable": unreadable,
+              "duplicates": len(listed) - len(files),
               "stored_threshold": stored, "stored_flagged": int((np.asarray(real) >= stored).sum()),
               "calibration": asdict(cal), "scores": sorted(real)}
     if fake_files:
@@ -105,7 +142,6 @@ def calibrate(
         fake_scores = np.asarray(fake_list)
         report["fakes"] = {**detection_rate(fake_scores, cal.threshold, confidence), "unreadable": fake_unreadable}
 
-    output.mkdir(parents=True, exist_ok=True)
     write_detector(source, output, cal.threshold, {
         "source": str(source), "target_fpr": target_fpr, "confidence": confidence, "n": cal.n,
         "stored_threshold": stored, "report": REPORT_MD})

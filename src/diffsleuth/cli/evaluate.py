@@ -16,7 +16,7 @@ from rich.table import Table
 from diffsleuth.cli.app import EXIT_FLAGGED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
 from diffsleuth.extras import require
 from diffsleuth.evaluation.protocols import Protocol, ProtocolError, load_protocol, parse_roots, protocol_records
-from diffsleuth.io.datasets import DatasetError, ImageRecord, assign_splits, load_records
+from diffsleuth.io.datasets import LAYOUTS_HELP, DatasetError, ImageRecord, assign_splits, load_records
 from diffsleuth.io.degrade import parse_degradation
 from diffsleuth.progress import error_line
 
@@ -31,7 +31,7 @@ def labelled_records(roots: list[str]) -> list[ImageRecord]:
     for root in roots:
         records.extend(r for r in load_records(root) if r.label is not None)
     if not records:
-        raise DatasetError(f"no labelled images in {', '.join(roots)}")
+        raise DatasetError(f"no labelled images in {', '.join(roots)}; {LAYOUTS_HELP}")
     return records
 
 

@@ -27,7 +27,7 @@ from diffsleuth.settings import ConfigError, config_from_dict, config_to_dict, l
 from diffsleuth.devices import resolve_device
 from diffsleuth.io.preprocess import PreprocessConfig, geometry, preprocess_batch
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
-from diffsleuth.io.inputs import ImageInput, as_rgb_images, input_list, is_file_input
+from diffsleuth.io.inputs import ImageInput, check_inputs, input_list, is_file_input, is_single, read_input
 from diffsleuth.provenance import Provenance, read_provenance, verdict_of
 
 CONFIG_NAME = "config.json"
@@ -73,12 +73,14 @@ class Prediction:
     relative latent reconstruction error).
     """
 
-    score: float
-    label: str
+    score: float | None
+    label: str | None
     extras: dict[str, Any] = field(default_factory=dict)
     score_map: np.ndarray | None = None
     provenance: Provenance | None = None
     """What the file's metadata says (:mod:`diffsleuth.provenance`), for path and bytes inputs; else None."""
+    error: str | None = None
+    """Why this input could not be read (then ``score`` and ``label`` are None), as a scan's error row."""
 
     @property
     def verdict(self) -> str:
@@ -206,9 +208,12 @@ class Detector(nn.Module):
         ``images`` is one image or a list of them, each a file path (str or PathLike), the bytes of
         an encoded file, a PIL image, or an HxWx3 uint8 RGB numpy array (an NxHxWx3 array is N
         images). Paths and bytes are decoded as ``diffsleuth scan`` decodes them (``max_pixels``
-        guard, EXIF orientation, first frame, alpha dropped); a file that cannot be read raises
-        :class:`~diffsleuth.io.decode.ImageDecodeError` naming it. Always returns a list:
-        ``detector.predict("photo.jpg")[0].score``.
+        guard, EXIF orientation, first frame, alpha dropped); PIL images of other modes (16-bit,
+        float, palette) are converted as those files are. An input that cannot be read gets a
+        Prediction with :attr:`Prediction.error` set and no score, as a scan gets an error row, and
+        the others are still scored. A URL or an input of the wrong kind raises ValueError /
+        TypeError before anything is scored. Always returns a list (``detector(x)`` returns one
+        Prediction for one input).
 
         ``threshold`` labels at that value (0..1) instead of the stored ``config.threshold``;
         scores do not depend on it. For path and bytes inputs, ``provenance`` also reads the file's
@@ -216,24 +221,34 @@ class Detector(nn.Module):
         """
         threshold = self.config.threshold if threshold is None else check_threshold(threshold)
         items = input_list(images)
-        images = as_rgb_images(items, max_pixels=max_pixels)
+        check_inputs(items)
+        read = [read_input(item, max_pixels, i) for i, item in enumerate(items)]
         found = [read_provenance(item) if provenance and is_file_input(item) else None for item in items]
+        good = [i for i, item in enumerate(read) if isinstance(item, Image.Image)]
+        out: list[Prediction] = [Prediction(score=None, label=None, error=item, provenance=found[i])
+                                 for i, item in enumerate(read)]
         was_training = self.training
         self.eval()
-        out: list[Prediction] = []
         try:
-            for start in range(0, len(images), batch_size):
-                chunk = list(images[start:start + batch_size])
-                probs, extras = self.score_images(chunk)
-                for p, extra in zip(probs.tolist(), extras):
-                    label = GENERATED if p >= threshold else REAL_LABEL
+            for start in range(0, len(good), batch_size):
+                chunk = good[start:start + batch_size]
+                probs, extras = self.score_images([read[i] for i in chunk])
+                for i, p, extra in zip(chunk, probs.tolist(), extras):
                     score_map = extra.pop("score_map", None)
-                    out.append(Prediction(score=float(p), label=label, extras=extra,
-                                          score_map=None if score_map is None else np.asarray(score_map, np.float32),
-                                          provenance=found[len(out)]))
+                    out[i] = Prediction(score=float(p), label=GENERATED if p >= threshold else REAL_LABEL,
+                                        extras=extra, provenance=found[i],
+                                        score_map=None if score_map is None else np.asarray(score_map, np.float32))
         finally:
             self.train(was_training)
         return out
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``detector(images)``, the pipeline habit, is :meth:`predict` (one input gives one
+        Prediction, a list a list); called with a tensor it is the module's ``forward``."""
+        if not args or isinstance(args[0], torch.Tensor):
+            return super().__call__(*args, **kwargs)
+        predictions = self.predict(*args, **kwargs)
+        return predictions[0] if is_single(args[0]) else predictions
 
     def weights_state_dict(self) -> dict[str, torch.Tensor]:
         skip = tuple(f"{m}." for m in self.external_modules)

@@ -7,21 +7,30 @@ threshold keeps the largest ``j`` with ``P(FPR > target) <= 1 - confidence``, i.
 ``binom.cdf(j, n, target) <= 1 - confidence``. Even ``j = 0`` (threshold above every calibration
 score) needs ``(1 - target)^n <= 1 - confidence``: fewer photos than that cannot support the
 target, and calibration refuses, saying how many are needed.
+
+The argument needs distinct photos: 59 copies of one photo are one observation, not 59, and would
+set a threshold from one score. Files with the same bytes are therefore counted once
+(:func:`unique_by_content`); near-copies (the same photo re-encoded or resized) are not detected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from diffsleuth.detectors.base import CONFIG_NAME, WEIGHTS_NAME
+from diffsleuth.io.guards import InputError, open_regular
 
 REPORT_JSON, REPORT_MD, HISTOGRAM_PNG = "report.json", "report.md", "scores_histogram.png"
+MIN_TARGET_FPR = 1e-6
+"""Smallest target accepted: it already needs about three million photos."""
 
 
 class CalibrationError(ValueError):
@@ -40,10 +49,36 @@ def photos_needed(target_fpr: float, confidence: float) -> int:
 
 
 def check_target(target_fpr: float, confidence: float) -> None:
-    if not 0.0 < target_fpr < 1.0:
-        raise CalibrationError(f"target FPR must be between 0 and 1 (exclusive), got {target_fpr}")
+    """Refuse a target or confidence the bound cannot be computed for, naming the option."""
+    if not MIN_TARGET_FPR <= target_fpr < 1.0:
+        raise CalibrationError(f"--target-fpr must be at least {MIN_TARGET_FPR:g} and below 1 (a share of "
+                               f"photos, e.g. 0.01), got {target_fpr:g}")
     if not 0.0 < confidence < 1.0:
-        raise CalibrationError(f"confidence must be between 0 and 1 (exclusive), got {confidence}")
+        raise CalibrationError(f"--confidence must be between 0 and 1 (exclusive), got {confidence:g}")
+
+
+def unique_by_content(files: Sequence[Path], chunk: int = 1 << 20) -> tuple[list[Path], int]:
+    """The files whose bytes (SHA-256) differ from every earlier file's, in order, and how many
+    were dropped as copies (links to one file included). A file that cannot be read is kept: the
+    scoring then counts it as unreadable, naming why."""
+    seen: set[bytes] = set()
+    unique, duplicates = [], 0
+    for path in files:
+        digest = hashlib.sha256()
+        try:
+            with open_regular(path) as handle:
+                while block := handle.read(chunk):
+                    digest.update(block)
+        except (InputError, OSError):
+            unique.append(path)
+            continue
+        key = digest.digest()
+        if key in seen:
+            duplicates += 1
+        else:
+            seen.add(key)
+            unique.append(path)
+    return unique, duplicates
 
 
 @dataclass(frozen=True)
@@ -139,7 +174,8 @@ def report_markdown(report: dict) -> str:
     conf = f"{cal['confidence']:.0%}"
     lines = [
         f"# Threshold calibrated on your photos: {report['detector']}", "",
-        f"- Real photos scored: **{cal['n']}** ({report['unreadable']} unreadable, left out).",
+        f"- Real photos scored: **{cal['n']}** ({report['unreadable']} unreadable, "
+        f"{report.get('duplicates', 0)} copies of another photo's bytes, left out).",
         f"- Target: false-positive rate at most **{pct(cal['target_fpr'])}** with {conf} confidence.",
         f"- Chosen threshold: **{cal['threshold']:.6f}** (the detector's stored threshold: {report['stored_threshold']:.6f}).",
         f"- On the calibration photos: {cal['flagged']} of {cal['n']} flagged (FPR {pct(cal['calibration_fpr'])}); "

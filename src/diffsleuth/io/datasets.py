@@ -6,6 +6,8 @@ Supported layouts, detected by :func:`load_records`:
 * GenImage: ``<generator>/{train,val}/{ai,nature}/...``
 * CNNDetection / UnivFD: ``0_real`` / ``1_fake`` folders, possibly nested per generator or class
   (``<generator>/[<class>/]{0_real,1_fake}``)
+* ``real/`` and ``fake/`` folders directly under the root (recursive; a folder directly under
+  ``fake/`` names the generator), the layout of the development data
 * a CSV manifest ``path,label[,generator][,family][,split][,class_name]`` (``file`` is accepted for
   ``path``; paths are relative to the manifest's folder), or one whose rows name files inside
   Debian packages (``package,member,sha256,label``; see :mod:`diffsleuth.io.debian`)
@@ -31,6 +33,13 @@ _LABEL_WORDS = {
 }
 _GENIMAGE_CLASS = {"nature": REAL, "ai": FAKE}
 _BINARY_CLASS = {"0_real": REAL, "1_fake": FAKE}
+_REAL_FAKE_CLASS = {"real": REAL, "fake": FAKE}
+LAYOUTS_HELP = (
+    "labelled layouts: a manifest.csv (path,label[,generator...]) or a CSV given directly; "
+    "real/ and fake/ folders; 0_real/ and 1_fake/ folders (optionally per generator); "
+    "GenImage's <generator>/{train,val}/{nature,ai}/"
+)
+"""The labelled layouts :func:`load_records` recognises, for messages that refuse a folder."""
 
 
 class DatasetError(ValueError):
@@ -137,8 +146,23 @@ def read_binary_folders(root: str | os.PathLike) -> list[ImageRecord]:
     return records
 
 
+def read_real_fake(root: str | os.PathLike) -> list[ImageRecord]:
+    """``root/real`` and ``root/fake``, recursive; ``fake/<generator>/...`` names the generator."""
+    root = Path(root)
+    records = []
+    for name, label in _REAL_FAKE_CLASS.items():
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in _images_under(folder):
+            parts = path.relative_to(folder).parts
+            generator = parts[0] if label == FAKE and len(parts) > 1 else None
+            records.append(ImageRecord(path, label, generator))
+    return records
+
+
 def detect_layout(root: Path) -> str:
-    """Name the layout of ``root``: manifest, genimage, binary or folder."""
+    """Name the layout of ``root``: manifest, genimage, binary, real_fake or folder."""
     if root.is_file():
         return "manifest" if root.suffix.lower() == ".csv" else "files"
     if (root / "manifest.csv").is_file():
@@ -147,6 +171,8 @@ def detect_layout(root: Path) -> str:
         return "genimage"
     if any(d.name in _BINARY_CLASS for d in root.rglob("*") if d.is_dir()):
         return "binary"
+    if any((root / name).is_dir() for name in _REAL_FAKE_CLASS):
+        return "real_fake"
     return "folder"
 
 
@@ -162,9 +188,11 @@ def load_records(source: str | os.PathLike, layout: str = "auto") -> list[ImageR
         return read_genimage(root)
     if kind == "binary":
         return read_binary_folders(root)
+    if kind == "real_fake":
+        return read_real_fake(root)
     if kind in ("folder", "files"):
         return [ImageRecord(p) for p in expand_inputs([root])]
-    raise DatasetError(f"unknown layout {layout!r} (auto, manifest, genimage, binary, folder)")
+    raise DatasetError(f"unknown layout {layout!r} (auto, manifest, genimage, binary, real_fake, folder)")
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:

@@ -31,8 +31,8 @@ class PreprocessConfig:
     size: int = field(default=256, metadata={"range": (1, 8192)})
     policy: str = "resize"
     interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5), metadata={"range": (1e-6, None)})
+    mean: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5), metadata={"range": (0.0, 1.0)})
+    std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5), metadata={"range": (1e-6, 100.0)})
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -15,12 +15,13 @@ from torch import nn
 
 from diffsleuth.detectors.dnf.ddim import ddim_invert, ddim_reconstruct
 from diffsleuth.features.extract import register_extractor
+from diffsleuth.settings import ranged
 from diffsleuth.detectors.dnf.noise import NoiseFeatureConfig, NoiseFeatureExtractor, load_noise_extractor
 
 
 @dataclass
 class DireConfig(NoiseFeatureConfig):
-    num_steps: int = 20
+    num_steps: int = ranged(20, 1, 1000)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from diffsleuth.backbones.loading import DDPM_BEDROOM_ID, load_ddpm
-from diffsleuth.settings import config_to_dict
+from diffsleuth.settings import config_to_dict, ranged
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.preprocess import PreprocessConfig
 
@@ -40,8 +40,8 @@ class NoiseFeatureConfig:
     sources): biased, it drops negative noise and leaks the source format. Off by default."""
 
     backbone: str = DDPM_BEDROOM_ID
-    size: int = 256
-    num_steps: int = 1
+    size: int = ranged(256, 8, 4096)
+    num_steps: int = ranged(1, 1, 1000)
     legacy: bool = False
 
     def frame(self) -> PreprocessConfig:

@@ -20,6 +20,7 @@ from torch import nn
 
 from diffsleuth.detectors.base import Detector, DetectorConfig
 from diffsleuth.detectors.registry import register_detector
+from diffsleuth.settings import ranged
 from diffsleuth.devices import resolve_device
 from diffsleuth.detectors.image_grid import POLICIES, cover_views, fixed_views, limit_scale
 from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, geometry, normalize, to_tensor
@@ -70,18 +71,18 @@ class JudgeConfig(DetectorConfig):
     preprocess: PreprocessConfig | None = None
     encoder: str = "cnn"
     front_end: str | None = None
-    width: int = 16
-    embed_dim: int = 128
-    proj_hidden: int = 256
-    num_traces: int = 8
+    width: int = ranged(16, 1, 1024)
+    embed_dim: int = ranged(128, 1, 8192)
+    proj_hidden: int = ranged(256, 1, 16384)
+    num_traces: int = ranged(8, 1, 1024)
     backbone: str | None = None
     backbone_pretrained: str | None = None
     backbone_sha256: str | None = None
     grid: str = "fixed"
-    test_grid: int = 1
-    max_short_side: int | None = None
-    calibration_slope: float = -10.0
-    calibration_intercept: float = 5.0
+    test_grid: int = ranged(1, 1, 16)  # test_grid x test_grid crops
+    max_short_side: int | None = ranged(None, 32, 16384)
+    calibration_slope: float = ranged(-10.0, -1000.0, 1000.0)
+    calibration_intercept: float = ranged(5.0, -1000.0, 1000.0)
     operating_point: dict | None = None  # measured at `threshold` by training (judge-head); never read to score
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from diffsleuth.backbones.loading import SD15_ID, StableDiffusionParts, load_stable_diffusion
-from diffsleuth.settings import config_to_dict
+from diffsleuth.settings import config_to_dict, ranged
 from diffsleuth.features.extract import register_extractor
 from diffsleuth.io.datasets import ImageRecord
 from diffsleuth.io.preprocess import PreprocessConfig, geometry, to_tensor
@@ -41,15 +41,15 @@ class LareConfig:
     """
 
     backbone: str = SD15_ID
-    size: int = 256
+    size: int = ranged(256, 8, 4096)
     policy: str = "resize"
     interpolation: str = "bicubic"
-    timestep: int = 200
-    ensemble: int = 4
+    timestep: int = ranged(200, 0, 999)  # of the scheduler's 1000 training steps
+    ensemble: int = ranged(4, 1, 64)
     prompt: str = "a photo"
     class_prompt: str = "a photo of a {class}"
     latent: str = "sample"
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**32 - 1)
 
     def __post_init__(self) -> None:
         if self.latent not in LATENT_MODES:

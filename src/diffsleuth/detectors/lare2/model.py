@@ -25,6 +25,7 @@ from torch import nn
 from diffsleuth.backbones.loading import load_clip
 from diffsleuth.detectors.base import Detector, DetectorConfig
 from diffsleuth.detectors.registry import register_detector
+from diffsleuth.settings import ranged
 from diffsleuth.devices import resolve_device
 from diffsleuth.detectors.lare2.features import LareConfig, LareExtractor, load_lare_extractor
 from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, normalize
@@ -47,10 +48,10 @@ class Lare2Config(DetectorConfig):
     lare: LareConfig = field(default_factory=LareConfig)
     clip_model: str = "RN50"
     clip_pretrained: str | None = "openai"
-    heads: int = 8
-    head_dim: int = 64
-    channel_hidden: int = 128
-    dropout: float = 0.1
+    heads: int = ranged(8, 1, 64)
+    head_dim: int = ranged(64, 1, 1024)
+    channel_hidden: int = ranged(128, 1, 8192)
+    dropout: float = ranged(0.1, 0.0, 0.95)
 
     def __post_init__(self) -> None:
         crop, frame = self.preprocess.size, self.lare.size
