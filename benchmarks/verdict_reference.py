@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 from diffsleuth.detectors.judge.head_training import (TRAINING_LOG, JudgeHeadTrainConfig, add_verdict_bands,
-                                                      cached_features, describe_reference, reference_samples)
+                                                      cached_features, describe_reference, outside_features,
+                                                      reference_samples)
 from diffsleuth.detectors.judge.model import JudgeDetector
 from diffsleuth.evaluation.heldout import HoldOut, gather_samples
 from diffsleuth.settings import config_from_dict
@@ -42,7 +43,9 @@ def main() -> None:
     ref_features = cached_features(model, reference, [first], args.cache, cfg.encode_batch)[first]
     record = describe_reference(reference, first)
     record["built_by"] = "benchmarks/verdict_reference.py (after training; weights unchanged)"
-    add_verdict_bands(model, [f for spec in calib_features.values() for f in spec], ref_features, cfg, record)
+    model.encoder.enable_memo(args.cache.parent / "embeddings")  # the non-photo renders, encoded once
+    add_verdict_bands(model, [f for spec in calib_features.values() for f in spec], ref_features, cfg, record,
+                      outside_features(model, cfg))
     model.save_pretrained(args.detector)
     print(json.dumps({"uncertain_threshold": model.config.uncertain_threshold,
                       "domain": {k: v for k, v in vars(model.config.domain).items() if k != "reference"},

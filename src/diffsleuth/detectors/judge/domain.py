@@ -8,9 +8,16 @@ decide "outside the detector's domain" before the score is read:
   times; the model never saw such images);
 - distance: the crops' mean cosine distance, in the frozen encoder's own embedding space, to the
   nearest of ``centroids`` k-means centroids of training-image embeddings (both classes) is over
-  ``max_distance``. The centroids are stored in ``model.safetensors`` (buffer ``domain_centroids``);
-  ``max_distance`` is a quantile of the distances of real photos that were neither in the
-  reference nor used to check it (:func:`build_reference`).
+  ``max_distance``;
+- photo margin: the crops' mean of (distance to the nearest of ``outside_centroids`` centroids of
+  rendered non-photos and noise) minus (distance to the training reference) is under
+  ``min_margin``: the image looks more like a text page, chart, screenshot or noise than like
+  anything the detector trained on. Distance alone misses these (CLIP places a chart or uniform
+  noise about as far from the training photos as an unusual web photo).
+
+The centroids are stored in ``model.safetensors`` (buffers ``domain_centroids`` and
+``domain_outside``); ``max_distance`` and ``min_margin`` are quantiles over real photos that are
+in neither reference and are not used to check the result (:func:`build_reference`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ class DomainConfig:
     centroids: int = field(default=0, metadata={"range": (0, 4096)})
     """k-means centroids in ``model.safetensors``; 0 checks the size only."""
     max_distance: float = field(default=2.0, metadata={"range": (0.0, 2.0)})
-    reference: dict | None = None  # how the centroids and max_distance were made; never read to score
+    outside_centroids: int = field(default=0, metadata={"range": (0, 4096)})
+    """Centroids of non-photo embeddings (0: no photo-margin check)."""
+    min_margin: float = field(default=-2.0, metadata={"range": (-2.0, 2.0)})
+    reference: dict | None = None  # how the centroids and thresholds were made; never read to score
 
 
 def kmeans_centroids(embeddings: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
@@ -67,12 +77,23 @@ def image_distances(crop_features: list[torch.Tensor], centroids: torch.Tensor) 
     return np.array([float(nearest_distance(f, centroids).mean()) for f in crop_features])
 
 
-def outside_reason(size: tuple[int, int], distance: float | None, config: DomainConfig) -> str | None:
-    """Why an image of ``size`` (w, h) at ``distance`` is outside the domain, or None when it is inside."""
+def image_margins(crop_features: list[torch.Tensor], centroids: torch.Tensor, outside: torch.Tensor) -> np.ndarray:
+    """Per image, the mean over its crops of (distance to ``outside``) - (distance to ``centroids``)."""
+    return np.array([float((nearest_distance(f, outside) - nearest_distance(f, centroids)).mean())
+                     for f in crop_features])
+
+
+def outside_reason(size: tuple[int, int], distance: float | None, config: DomainConfig,
+                   margin: float | None = None) -> str | None:
+    """Why an image of ``size`` (w, h) at ``distance`` (and photo ``margin``) is outside the
+    domain, or None when it is inside."""
     if min(size) < config.min_short_side:
         return f"too small ({size[0]}x{size[1]} px; the shorter side is under {config.min_short_side})"
     if distance is not None and distance > config.max_distance:
         return f"unlike its training images (embedding distance {distance:.3f} > {config.max_distance:.3f})"
+    if margin is not None and margin < config.min_margin:
+        return (f"not photo-like (closer to text, charts, screenshots or noise: margin {margin:.3f} "
+                f"< {config.min_margin:.3f})")
     return None
 
 
@@ -84,3 +105,12 @@ def build_reference(reference: list[torch.Tensor], held_out: list[torch.Tensor],
     centroids = kmeans_centroids(torch.cat(reference).numpy(), k, seed)
     distances = image_distances(held_out, torch.from_numpy(centroids))
     return centroids, float(np.quantile(distances, quantile))
+
+
+def build_outside(outside: list[torch.Tensor], centroids: np.ndarray, held_out: list[torch.Tensor], k: int,
+                  quantile: float, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Centroids of non-photo crops' features and the ``min_margin`` that passes ``quantile`` of
+    the ``held_out`` real photos."""
+    outside_centroids = kmeans_centroids(torch.cat(outside).numpy(), k, seed)
+    margins = image_margins(held_out, torch.from_numpy(centroids), torch.from_numpy(outside_centroids))
+    return outside_centroids, float(np.quantile(margins, 1.0 - quantile))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from diffsleuth.backbones.pypi_weights import cache_dir
-from diffsleuth.detectors.judge.domain import DomainConfig, build_reference
+from diffsleuth.detectors.judge.domain import DomainConfig, build_outside, build_reference
 from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, judge_loss, trace_similarity
 from diffsleuth.detectors.judge.training import auc_of, fit_calibration
 from diffsleuth.detectors.training import TrainConfig, cosine_schedule, register_trainer, seed_everything
@@ -80,6 +80,12 @@ class JudgeHeadTrainConfig(TrainConfig):
     domain_quantile: float = 0.99
     """``max_distance`` passes this share of the calibration photos."""
     domain_min_short_side: int = 128
+    domain_outside_centroids: int = 16
+    """k-means centroids of rendered non-photos and noise for the photo-margin check (0: none)."""
+    domain_outside_per_kind: int = 8
+    domain_outside_seed: int = 1
+    """Seed of the non-photo renders (checks use other seeds: ``diffsleuth card`` and
+    :mod:`diffsleuth.evaluation.verdict_rates` draw seed 0)."""
 
 
 def extractor_config(config: JudgeConfig, degradation: str) -> dict:
@@ -234,14 +240,26 @@ def reference_samples(samples: Sequence[Sample], per_class: int, seed: int) -> l
     return picked
 
 
+def outside_features(model: JudgeDetector, cfg: JudgeHeadTrainConfig) -> list[torch.Tensor]:
+    """Crop features of the rendered text pages, charts, screenshots and noise the photo-margin
+    check compares against (seed ``domain_outside_seed``; thumbnails are left to the size check)."""
+    from diffsleuth.evaluation.out_of_domain import outside_inputs
+
+    images = [image for name, image in outside_inputs(cfg.domain_outside_seed, cfg.domain_outside_per_kind).items()
+              if not name.startswith("thumbnail")]
+    return [encode_views(model, [image])[0] for image in track(images, "encoding non-photos")]
+
+
 def add_verdict_bands(model: JudgeDetector, calibration: Sequence[torch.Tensor], reference: Sequence[torch.Tensor],
-                      cfg: JudgeHeadTrainConfig, record: dict) -> None:
+                      cfg: JudgeHeadTrainConfig, record: dict, outside: Sequence[torch.Tensor] = ()) -> None:
     """Set the ``uncertain`` band and the domain check, and record in ``config.json`` how.
 
     ``calibration``: each calibration photo's crop features (real photos never trained on, every
     degradation pooled): the band starts where ``uncertain_fpr`` of them are flagged and
     ``max_distance`` passes ``domain_quantile`` of them. ``reference``: crop features of a
     balanced subset of the training images (:func:`reference_samples`): the k-means centroids.
+    ``outside``: crop features of non-photos (:func:`outside_features`): the photo-margin check,
+    whose ``min_margin`` passes ``domain_quantile`` of the calibration photos.
     ``record`` (which images, which degradation) is stored with the reference."""
     config = model.config
     if cfg.uncertain_fpr is not None and calibration:
@@ -264,6 +282,16 @@ def add_verdict_bands(model: JudgeDetector, calibration: Sequence[torch.Tensor],
                        "max_distance": f"passes {cfg.domain_quantile} of the calibration photos "
                                        f"({len(calibration)} images x degradations; mean crop distance)"})
         model.domain_centroids = torch.from_numpy(centroids)
+        if cfg.domain_outside_centroids and outside:
+            far, min_margin = build_outside(list(outside), centroids, list(calibration), cfg.domain_outside_centroids,
+                                            cfg.domain_quantile, cfg.seed)
+            config.domain.outside_centroids, config.domain.min_margin = len(far), min_margin
+            config.domain.reference["outside"] = (
+                f"{len(outside)} images from diffsleuth.evaluation.out_of_domain.outside_inputs(seed="
+                f"{cfg.domain_outside_seed}, per_kind={cfg.domain_outside_per_kind}) without thumbnails, "
+                f"{int(sum(len(f) for f in outside))} crops, k={len(far)}; min_margin passes "
+                f"{cfg.domain_quantile} of the calibration photos")
+            model.domain_outside = torch.from_numpy(far)
 
 
 def describe_reference(samples: Sequence[Sample], degradation: str) -> dict:
@@ -318,7 +346,8 @@ def run(cfg: JudgeHeadTrainConfig) -> Path:
     reference = reference_samples(samples, cfg.domain_per_class, cfg.seed)
     index = {id(s): i for i, s in enumerate(samples)}
     add_verdict_bands(model, calibration, [features[first][index[id(s)]] for s in reference], cfg,
-                      describe_reference(reference, first))
+                      describe_reference(reference, first),
+                      outside_features(model, cfg) if cfg.domain_outside_centroids and calibration else [])
     out = model.save_pretrained(cfg.output)
     counts = {role: sum(1 for s in samples if s.role == role) for role in ROLES}
     log = {"best_epoch": best_epoch, "seconds": round(time.monotonic() - started, 1), "history": history,

@@ -267,9 +267,11 @@ class JudgeDetector(Detector):
         self.traces = nn.Parameter(F.normalize(
             torch.randn(config.num_traces, config.embed_dim, generator=generator), dim=1))
         centroids = config.domain.centroids if config.domain is not None else 0
+        outside = config.domain.outside_centroids if centroids else 0
         self.register_buffer("domain_centroids", torch.zeros(centroids, dim) if centroids else None)
+        self.register_buffer("domain_outside", torch.zeros(outside, dim) if outside else None)
         if centroids:
-            self.extra_columns = (*type(self).extra_columns, "domain_distance")
+            self.extra_columns = (*type(self).extra_columns, "domain_distance", *(("photo_margin",) if outside else ()))
 
     @classmethod
     def from_config(cls, config: JudgeConfig, device: torch.device | str = "cpu",
@@ -336,8 +338,9 @@ class JudgeDetector(Detector):
 
         ``score_map`` holds every crop's own P(generated), rows x cols (``shapes``; none for a
         ``fixed`` single centre crop, which reads only part of the image). With a ``domain`` check,
-        ``outside_domain`` says why an image of that size (w, h) cannot be judged (else None) and
-        ``domain_distance`` is its crops' mean distance to the training reference."""
+        ``outside_domain`` says why an image of that size (w, h) cannot be judged (else None),
+        ``domain_distance`` is its crops' mean distance to the training reference and
+        ``photo_margin`` how much nearer they are to it than to the non-photo reference."""
         probs, extras = [], []
         for index, (feats, size) in enumerate(zip(features, sizes)):
             feats = feats.to(self.device, self.dtype)
@@ -345,12 +348,16 @@ class JudgeDetector(Detector):
             mean = sims.mean()
             probs.append(torch.sigmoid(self.calibrate(mean)))
             extra: dict = {"trace_similarity": round(float(mean), 6)}
-            distance = None
+            distance = margin = None
             if self.domain_centroids is not None:
-                distance = float(nearest_distance(feats, self.domain_centroids).mean())
+                near = nearest_distance(feats, self.domain_centroids)
+                distance = float(near.mean())
                 extra["domain_distance"] = round(distance, 6)
+                if self.domain_outside is not None:
+                    margin = float((nearest_distance(feats, self.domain_outside) - near).mean())
+                    extra["photo_margin"] = round(margin, 6)
             if self.config.domain is not None:
-                extra["outside_domain"] = outside_reason(size, distance, self.config.domain)
+                extra["outside_domain"] = outside_reason(size, distance, self.config.domain, margin)
             rows, cols = shapes[index] if shapes is not None else (1, len(sims))
             if self.config.grid == "cover" or rows * cols > 1:  # one centre crop maps nothing
                 extra["score_map"] = torch.sigmoid(self.calibrate(sims)).reshape(rows, cols).numpy()
