@@ -31,9 +31,11 @@ def main() -> None:
     parser.add_argument("--data", action="append", required=True, help="data roots (the training config's, "
                         "or those of them available here)")
     parser.add_argument("--cache", type=Path, required=True, help="feature cache folder")
+    parser.add_argument("--degradation", action="append", help="calibration degradations (default: the logged ones)")
     args = parser.parse_args()
     log = json.loads((args.detector / TRAINING_LOG).read_text(encoding="utf-8"))["training_config"]
     cfg = config_from_dict(JudgeHeadTrainConfig, log)
+    cfg.degradations = args.degradation or cfg.degradations
     model = JudgeDetector.from_folder(args.detector)
     samples = gather_samples(args.data, HoldOut.from_training_config(log))
     calibration = [s for s in samples if s.role == "calibration" and s.record.label == 0]
@@ -43,6 +45,7 @@ def main() -> None:
     ref_features = cached_features(model, reference, [first], args.cache, cfg.encode_batch)[first]
     record = describe_reference(reference, first)
     record["built_by"] = "benchmarks/verdict_reference.py (after training; weights unchanged)"
+    record["calibration_degradations"] = list(cfg.degradations)
     model.encoder.enable_memo(args.cache.parent / "embeddings")  # the non-photo renders, encoded once
     add_verdict_bands(model, [f for spec in calib_features.values() for f in spec], ref_features, cfg, record,
                       outside_features(model, cfg))

@@ -270,7 +270,8 @@ def add_verdict_bands(model: JudgeDetector, calibration: Sequence[torch.Tensor],
                 "threshold": config.uncertain_threshold, "target_fpr": cfg.uncertain_fpr,
                 "meaning": "scores from this threshold up to the decision threshold are 'uncertain'; "
                            "calibration photos at or above it:",
-                "calibration_fpr": flag_rate(probs >= config.uncertain_threshold)}
+                "calibration_fpr": flag_rate(probs >= config.uncertain_threshold),
+                "degradations": record.get("calibration_degradations")}
     config.domain = DomainConfig(min_short_side=cfg.domain_min_short_side)
     if cfg.domain_centroids and reference and calibration:
         centroids, max_distance = build_reference(list(reference), list(calibration), cfg.domain_centroids,
@@ -280,7 +281,7 @@ def add_verdict_bands(model: JudgeDetector, calibration: Sequence[torch.Tensor],
             reference={**record, "crops": int(sum(len(f) for f in reference)), "k": len(centroids),
                        "kmeans": "spherical (cosine), k-means++ initialisation", "seed": cfg.seed,
                        "max_distance": f"passes {cfg.domain_quantile} of the calibration photos "
-                                       f"({len(calibration)} images x degradations; mean crop distance)"})
+                                       f"({len(calibration)} image-degradation pairs; mean crop distance)"})
         model.domain_centroids = torch.from_numpy(centroids)
         if cfg.domain_outside_centroids and outside:
             far, min_margin = build_outside(list(outside), centroids, list(calibration), cfg.domain_outside_centroids,
@@ -346,7 +347,7 @@ def run(cfg: JudgeHeadTrainConfig) -> Path:
     reference = reference_samples(samples, cfg.domain_per_class, cfg.seed)
     index = {id(s): i for i, s in enumerate(samples)}
     add_verdict_bands(model, calibration, [features[first][index[id(s)]] for s in reference], cfg,
-                      describe_reference(reference, first),
+                      {**describe_reference(reference, first), "calibration_degradations": list(features)},
                       outside_features(model, cfg) if cfg.domain_outside_centroids and calibration else [])
     out = model.save_pretrained(cfg.output)
     counts = {role: sum(1 for s in samples if s.role == role) for role in ROLES}
