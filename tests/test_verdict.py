@@ -222,3 +222,17 @@ def test_shipped_default_has_a_band_and_a_domain_reference():
 def test_verdict_for_without_provenance_is_the_pixels():
     assert verdict_for("uncertain", None) == "uncertain"
     assert verdict_for(None, provenance("generated", "c2pa", "trusted")) is None
+
+
+def test_shipped_card_holds_the_measured_verdict_rates():
+    """The rates the README quotes are in card_metrics.json (made by evaluation.verdict_rates) and the card."""
+    from diffsleuth.detectors.registry import resolve_detector_path
+    from diffsleuth.evaluation.card_render import verdict_rates_block
+
+    folder = resolve_detector_path("default")
+    rates = json.loads((folder / "card_metrics.json").read_text())["verdict_rates"]
+    camera = [block for name, block in rates["sets"].items() if name.startswith("camera photos")]
+    assert len(camera) == 2 and all(block[OUT]["rate"] <= 0.05 for block in camera)  # >= 95% pass
+    assert all(block[OUT]["rate"] == 1.0 for block in rates["synthetic"].values())
+    block = verdict_rates_block(rates)
+    assert block.splitlines()[-1].startswith("| synthetic: thumbnail") and block in (folder / "MODEL_CARD.md").read_text()
