@@ -46,9 +46,9 @@ def main() -> None:
     record = describe_reference(reference, first)
     record["built_by"] = "benchmarks/verdict_reference.py (after training; weights unchanged)"
     record["calibration_degradations"] = list(cfg.degradations)
-    model.encoder.enable_memo(args.cache.parent / "embeddings")  # the non-photo renders, encoded once
+    model.encoder.enable_memo(args.cache.parent / "embeddings")  # crops encoded before cost a file read
     add_verdict_bands(model, [f for spec in calib_features.values() for f in spec], ref_features, cfg, record,
-                      outside_features(model, cfg))
+                      outside_features(model, cfg, args.cache))
     model.save_pretrained(args.detector)
     print(json.dumps({"uncertain_threshold": model.config.uncertain_threshold,
                       "domain": {k: v for k, v in vars(model.config.domain).items() if k != "reference"},

@@ -20,6 +20,7 @@ families (generators never trained on) and the ``test`` split, with exact 95% in
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -240,14 +241,22 @@ def reference_samples(samples: Sequence[Sample], per_class: int, seed: int) -> l
     return picked
 
 
-def outside_features(model: JudgeDetector, cfg: JudgeHeadTrainConfig) -> list[torch.Tensor]:
+def outside_features(model: JudgeDetector, cfg: JudgeHeadTrainConfig, root: Path) -> list[torch.Tensor]:
     """Crop features of the rendered text pages, charts, screenshots and noise the photo-margin
-    check compares against (seed ``domain_outside_seed``; thumbnails are left to the size check)."""
+    check compares against (seed ``domain_outside_seed``; thumbnails are left to the size check),
+    cached under ``root`` by the rendered pixels, like the training features."""
     from diffsleuth.evaluation.out_of_domain import outside_inputs
 
+    cache = FeatureCache(root, extractor_config(model.config, "none (rendered non-photos)"))
     images = [image for name, image in outside_inputs(cfg.domain_outside_seed, cfg.domain_outside_per_kind).items()
               if not name.startswith("thumbnail")]
-    return [encode_views(model, [image])[0] for image in track(images, "encoding non-photos")]
+    out = []
+    for image in track(images, "encoding non-photos"):
+        key = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
+        if key not in cache:
+            cache.put(key, {"features": encode_views(model, [image])[0]})
+        out.append(cache.get(key)["features"])
+    return out
 
 
 def add_verdict_bands(model: JudgeDetector, calibration: Sequence[torch.Tensor], reference: Sequence[torch.Tensor],
@@ -348,7 +357,7 @@ def run(cfg: JudgeHeadTrainConfig) -> Path:
     index = {id(s): i for i, s in enumerate(samples)}
     add_verdict_bands(model, calibration, [features[first][index[id(s)]] for s in reference], cfg,
                       {**describe_reference(reference, first), "calibration_degradations": list(features)},
-                      outside_features(model, cfg) if cfg.domain_outside_centroids and calibration else [])
+                      outside_features(model, cfg, root) if cfg.domain_outside_centroids and calibration else [])
     out = model.save_pretrained(cfg.output)
     counts = {role: sum(1 for s in samples if s.role == role) for role in ROLES}
     log = {"best_epoch": best_epoch, "seconds": round(time.monotonic() - started, 1), "history": history,
