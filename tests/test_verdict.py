@@ -236,3 +236,16 @@ def test_shipped_card_holds_the_measured_verdict_rates():
     assert all(block[OUT]["rate"] == 1.0 for block in rates["synthetic"].values())
     block = verdict_rates_block(rates)
     assert block.splitlines()[-1].startswith("| synthetic: thumbnail") and block in (folder / "MODEL_CARD.md").read_text()
+
+
+def test_shipped_default_puts_noise_text_and_screenshots_outside_its_domain():
+    """The real encoder and the shipped reference (the renders here use a seed the reference did not)."""
+    import random
+
+    from diffsleuth.evaluation.out_of_domain import screenshot, text_page
+
+    rng = random.Random(7)
+    noise = Image.fromarray(np.random.default_rng(7).integers(0, 256, (320, 320, 3), dtype=np.uint8))
+    images = [noise, text_page(rng, (320, 320)), screenshot(rng, (320, 320)), noise.resize((16, 16))]
+    for prediction in load_detector("default").predict(images):
+        assert prediction.detector_verdict == prediction.verdict == OUT, prediction.extras
