@@ -249,3 +249,13 @@ def test_shipped_default_puts_noise_text_and_screenshots_outside_its_domain():
     images = [noise, text_page(rng, (320, 320)), screenshot(rng, (320, 320)), noise.resize((16, 16))]
     for prediction in load_detector("default").predict(images):
         assert prediction.detector_verdict == prediction.verdict == OUT, prediction.extras
+
+
+def test_card_counts_and_renders_verdicts_per_source():
+    from diffsleuth.evaluation.card import verdict_rates
+    from diffsleuth.evaluation.card_render import verdicts_table
+
+    rates = verdict_rates(["generated", "uncertain", None, "no trace found", "generated"])
+    assert (rates["generated"]["k"], rates["generated"]["n"], rates[OUT]["k"]) == (2, 5, 0)
+    table = verdicts_table({"sources": {"camera/test/jpeg:90": {"label": "real", "verdicts": rates}}})
+    assert "| real | test | camera | jpeg:90 | 40.0%" in table
