@@ -5,7 +5,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-IMAGES ?= $(wildcard ../shared/data/multigen ../shared/data/sd14-vs-unsplash)
+# Without IMAGES, `make scan` scans what the default detector never trained on: the camera photos
+# of camera-originals and the two generator families held out of its training (PixArt, Kandinsky).
+DEMO_IMAGES := $(wildcard ../shared/data/camera-originals ../shared/data/multigen/fake/PixArt-* \
+                          ../shared/data/multigen/fake/kandinsky-*)
+IMAGES ?= $(DEMO_IMAGES)
 SCAN_OUTPUT ?= scan-results.csv
 
 .PHONY: scan test test-slow test-all install bench browser screenshot
@@ -25,6 +29,9 @@ install: $(VENV)/.installed
 ## scan: score every image under IMAGES with the shipped default detector (CSV to SCAN_OUTPUT)
 scan: install
 	@test -n "$(IMAGES)" || { echo "no images: run 'make scan IMAGES=\"photo.jpg folder/\"'"; exit 2; }
+	@if [ "$(IMAGES)" = "$(DEMO_IMAGES)" ]; then echo "no IMAGES given: scanning a demo the default detector" \
+	  "never trained on: camera photos (camera-originals) and its two held-out generator families" \
+	  "(multigen PixArt, Kandinsky). Your own: make scan IMAGES=\"photo.jpg folder/\""; fi
 	$(BIN)/diffsleuth scan $(IMAGES) --format csv --output $(SCAN_OUTPUT) --summary
 	@echo "first rows of $(SCAN_OUTPUT):"; head -n 11 $(SCAN_OUTPUT)
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import REPO, random_photo
 from diffsleuth.provenance import read_provenance
-from diffsleuth.provenance.result import (DECLARED_GENERATED_VERDICT, SIGNATURE_INVALID, SIGNED_TRUSTED,
+from diffsleuth.verdict import GENERATED as GENERATED_V, CLAIMED_GENERATED, DECLARED_GENERATED, NO_TRACE, VALID_SIGNATURES, verdict_for
+from diffsleuth.provenance.result import (SIGNATURE_INVALID, SIGNED_TRUSTED,
                                          SIGNED_UNTRUSTED, UNSIGNED)
 from provenance_files import (A1111_PARAMETERS, XMP_TEMPLATE, camera_jpeg, generator_files, jpeg_with_exif,
                               png_with_text, user_comment)
@@ -68,10 +69,12 @@ def test_summary_is_one_short_line_and_details_say_the_rest(c2pa_fixtures):
     assert found.as_dict()["details"] == found.details and found.as_dict()["signature"] == SIGNED_UNTRUSTED
 
 
-def test_only_a_valid_generation_manifest_gives_the_declared_verdict(c2pa_fixtures):
-    verdicts = {name: read_provenance(c2pa_fixtures / name).verdict("real") for name in EXPECTED}
-    assert verdicts.pop("sd14_fake_0000_c2pa_ai.png") == DECLARED_GENERATED_VERDICT
-    assert set(verdicts.values()) == {"real"}  # AI-edited, camera, algorithmic, tampered: the label stands
+def test_only_a_valid_signature_gives_a_declared_verdict(c2pa_fixtures):
+    verdicts = {name: verdict_for(NO_TRACE, read_provenance(c2pa_fixtures / name)) for name in EXPECTED}
+    assert verdicts["sd14_fake_0000_c2pa_ai.png"] == DECLARED_GENERATED
+    for name, verdict in verdicts.items():
+        found = read_provenance(c2pa_fixtures / name)
+        assert verdict.endswith("(declared)") == (found.signature in VALID_SIGNATURES and found.declared != "camera")
 
 
 def _sign(c2pa_fixtures, source: bytes, dst: str, fmt: str = "image/png", remote: str | None = None) -> bytes:
@@ -124,7 +127,7 @@ def test_a_manifest_that_fails_validation_is_a_claim_with_an_invalid_signature(c
     assert found.validation.startswith("invalid") and found.declared == "generated"
     assert found.signature == SIGNATURE_INVALID and found.source == "Test Model 2"
     assert found.summary.startswith("generated (C2PA claim, signature invalid)") and "signed C2PA" not in found.summary
-    assert found.verdict("real") == "real" and found.verdict("generated") == "generated"
+    assert verdict_for(NO_TRACE, found) == CLAIMED_GENERATED  # a claim, never "(declared)"
 
 
 def test_a_signed_claim_outranks_an_unsigned_one_of_the_same_kind(c2pa_fixtures):
@@ -185,7 +188,7 @@ def test_generator_settings_declare_generation(generators, name):
     assert (found.declared, found.signature, found.errors) == ("generated", UNSIGNED, [])
     assert source in found.source
     assert found.summary.startswith("generated (unsigned claim): settings of") and found.fields
-    assert found.verdict("real") == DECLARED_GENERATED_VERDICT
+    assert verdict_for(NO_TRACE, found) == CLAIMED_GENERATED
     assert not any(e.kind == "exif" for e in found.evidence)  # ComfyUI's EXIF Make/Model is not a camera
 
 
@@ -204,7 +207,7 @@ def test_camera_exif_is_weak_evidence(tmp_path):
     found = read_provenance(camera_jpeg(tmp_path / "IMG_0001.JPG"))
     assert (found.declared, found.source, found.signature) == ("camera", "Canon EOS 5D Mark IV", UNSIGNED)
     assert found.summary == "camera (unsigned claim): Canon EOS 5D Mark IV in EXIF (weak: easily copied)"
-    assert "weak" in found.details[0] and found.verdict("generated") == "generated"
+    assert "weak" in found.details[0] and verdict_for(GENERATED_V, found) == GENERATED_V  # a camera claim never changes it
 
 
 def test_generator_settings_outrank_a_copied_camera_exif(tmp_path):
@@ -234,7 +237,7 @@ def test_stripped_files_declare_nothing(tmp_path, generators):
         Image.open(generators[name][0]).save(stripped)
         found = read_provenance(stripped)
         assert (found.declared, found.summary, found.validation) == (None, None, None)
-        assert found.verdict("real") == "real" and found.verdict(None) is None
+        assert verdict_for(NO_TRACE, found) == NO_TRACE and verdict_for(None, found) is None
     for fmt in ("JPEG", "WEBP"):
         plain = tmp_path / f"plain.{fmt.lower()}"
         random_photo(1).save(plain, fmt)

@@ -21,7 +21,9 @@ from provenance_files import camera_jpeg, generator_files
 from toy_detector import saved_toy
 
 runner = CliRunner()
-ROW_START = ["path", "score", "label", "error", "threshold", "verdict", "declared", "provenance"]
+ROW_START = ["path", "score", "label", "error", "threshold", "verdict", "detector_verdict", "declared", "declared_by",
+             "provenance"]
+PIXELS = {"generated": "generated", "real": "no trace found"}  # the toy has no band and no domain check
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +52,24 @@ def test_rows_carry_threshold_verdict_and_provenance_in_the_agreed_order(images,
     rows = {r["path"]: r for r in scan_json(*map(str, images.values()), "--detector", str(toy))}
     stored = load_detector(toy).config.threshold
     for row in rows.values():
-        assert list(row)[:8] == ROW_START and row["threshold"] == stored
-    generated = rows[str(images["a1111_png"])]
-    assert (generated["declared"], generated["verdict"]) == ("generated", "generated (declared)")
+        assert list(row)[:10] == ROW_START and row["threshold"] == stored
+        assert row["detector_verdict"] == PIXELS[row["label"]]
+    generated = rows[str(images["a1111_png"])]  # generator settings: text anyone can write
+    assert (generated["declared"], generated["declared_by"], generated["verdict"]) == \
+        ("generated", "unsigned", "generated (claimed)")
     assert "AUTOMATIC1111" in generated["provenance"]
     camera = rows[str(images["camera"])]
-    assert camera["declared"] == "camera" and camera["verdict"] == camera["label"] and "weak" in camera["provenance"]
+    assert camera["declared"] == "camera" and camera["verdict"] == camera["detector_verdict"]
+    assert "weak" in camera["provenance"]
     plain = rows[str(images["plain"])]
-    assert (plain["declared"], plain["provenance"], plain["verdict"]) == (None, None, plain["label"])
+    assert (plain["declared"], plain["declared_by"], plain["provenance"]) == (None, None, None)
+    assert plain["verdict"] == plain["detector_verdict"]
 
 
-def test_no_provenance_leaves_the_columns_empty_and_the_verdict_the_label(images, toy):
+def test_no_provenance_leaves_the_columns_empty_and_the_verdict_the_pixels(images, toy):
     (row,) = scan_json(str(images["a1111_png"]), "--detector", str(toy), "--no-provenance")
-    assert (row["declared"], row["provenance"], row["verdict"]) == (None, None, row["label"])
+    assert (row["declared"], row["declared_by"], row["provenance"]) == (None, None, None)
+    assert row["verdict"] == row["detector_verdict"] == PIXELS[row["label"]]
 
 
 def test_csv_header_and_table(images, toy, tmp_path):
@@ -71,9 +78,9 @@ def test_csv_header_and_table(images, toy, tmp_path):
                                  "--output", str(out)])
     assert result.exit_code == EXIT_OK, result.output
     (row,) = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert list(row) == ROW_START and row["verdict"] == "generated (declared)"
+    assert list(row) == ROW_START and row["verdict"] == "generated (claimed)"
     table = runner.invoke(app, ["scan", str(images["comfyui_png"]), "--detector", str(toy)])
-    assert "generated (declared)" in table.stdout and "ComfyUI" in table.stdout
+    assert "generated (claimed)" in table.stdout and "ComfyUI" in table.stdout
 
 
 @pytest.mark.parametrize("threshold, label", [(0.0, "generated"), (1.0, "real")])
@@ -116,7 +123,7 @@ def test_scan_paths_results_carry_provenance(toy, images):
     results = list(scan_paths(model, [images["a1111_png"], images["plain"]]))
     assert results[0].provenance.declared == "generated" and results[0].provenance.source.startswith("AUTOMATIC1111")
     assert results[1].provenance.declared is None
-    assert row_columns(model)[:8] == ROW_START
+    assert row_columns(model)[:10] == ROW_START
     assert all(r.provenance is None for r in scan_paths(model, [images["plain"]], provenance=False))
 
 
@@ -132,9 +139,11 @@ def test_server_rows_carry_the_same_fields(toy, images):
     (scanned,) = scan_json(str(images["a1111_png"]), "--detector", str(toy), "--threshold", "0")
     assert {k: v for k, v in served.items() if k not in ("path", "score_map")} == \
         {k: v for k, v in scanned.items() if k != "path"}
-    assert broken["verdict"] is None and broken["threshold"] == 0.0 and broken["error"]
+    assert broken["verdict"] is None and broken["detector_verdict"] is None and broken["threshold"] == 0.0
+    assert broken["error"]
     off = TestClient(create_app(load_detector(toy), provenance=False)).post("/v1/scan", files=files[:1]).json()
-    assert (off[0]["declared"], off[0]["provenance"], off[0]["verdict"]) == (None, None, off[0]["label"])
+    assert (off[0]["declared"], off[0]["provenance"]) == (None, None)
+    assert off[0]["verdict"] == off[0]["detector_verdict"] == PIXELS[off[0]["label"]]
 
 
 def test_a_failing_provenance_reader_is_reported_and_the_row_still_scored(images, toy, monkeypatch):
@@ -153,8 +162,9 @@ def test_predict_on_files_carries_their_provenance(toy, images):
     from_path, from_bytes, from_pixels = model.predict(
         [images["a1111_png"], images["a1111_png"].read_bytes(), decode_image(images["a1111_png"])])
     for prediction in (from_path, from_bytes):
-        assert prediction.provenance.declared == "generated" and prediction.verdict == "generated (declared)"
-    assert from_pixels.provenance is None and from_pixels.verdict == from_pixels.label
+        assert prediction.provenance.declared == "generated" and prediction.verdict == "generated (claimed)"
+        assert prediction.detector_verdict == PIXELS[prediction.label]
+    assert from_pixels.provenance is None and from_pixels.verdict == PIXELS[from_pixels.label]
     assert from_pixels.score == pytest.approx(from_path.score, abs=1e-6)
     (skipped,) = model.predict(str(images["a1111_png"]), provenance=False)
-    assert skipped.provenance is None and skipped.verdict == skipped.label
+    assert skipped.provenance is None and skipped.verdict == skipped.detector_verdict == PIXELS[skipped.label]

@@ -130,8 +130,11 @@ def scan(
     extra); the files skipped are counted on stderr. Inputs are checked before the model loads.
 
     Rows also say which threshold labelled them and what the file's metadata declares (C2PA,
-    generator settings, IPTC, camera EXIF); verdict is "generated (declared)" only when the
-    metadata declares generation, else the label. --no-provenance leaves those columns empty.
+    generator settings, IPTC, camera EXIF) and how that is backed. verdict is the headline:
+    "generated (declared)" / "ai-edited (declared)" when a valid C2PA signature backs the
+    declaration, "... (claimed)" for unsigned metadata, else detector_verdict (generated,
+    uncertain, outside the detector's domain, no trace found). --no-provenance leaves the
+    metadata columns empty.
     Every input gives one row: a file that is not a regular file, too large, not an image, too
     thin (aspect ratio over 50:1) or unreadable gets a row with the reason in `error`.
 

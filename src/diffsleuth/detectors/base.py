@@ -28,7 +28,8 @@ from diffsleuth.devices import resolve_device
 from diffsleuth.io.preprocess import PreprocessConfig, geometry, preprocess_batch
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 from diffsleuth.io.inputs import ImageInput, check_inputs, input_list, is_file_input, is_single, read_input
-from diffsleuth.provenance import Provenance, read_provenance, verdict_of
+from diffsleuth.provenance import Provenance, read_provenance
+from diffsleuth.verdict import decide_detector_verdict, verdict_for
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -65,7 +66,9 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 @dataclass
 class Prediction:
-    """Score of one image: ``score`` is the probability that it was generated, in [0, 1].
+    """Score of one image: ``score`` is the detector score in [0, 1] (higher: more like generated
+    images; calibrated on validation data, not a chance a person can rely on); read
+    :attr:`verdict` first.
 
     ``score_map`` (rows x cols, float32, each cell P(generated) of one region of the image as the
     detector read it, rows top to bottom) is set by detectors that score regions; else ``None``.
@@ -81,11 +84,25 @@ class Prediction:
     """What the file's metadata says (:mod:`diffsleuth.provenance`), for path and bytes inputs; else None."""
     error: str | None = None
     """Why this input could not be read (then ``score`` and ``label`` are None), as a scan's error row."""
+    threshold: float | None = None
+    """The threshold ``label`` was decided at (None: ``label`` alone decides ``generated``)."""
+    uncertain_threshold: float | None = None
+    """Scores from here up to ``threshold`` are ``uncertain``; None when the detector has no band."""
+    outside_domain: str | None = None
+    """Why the detector cannot judge this input (too small, far from its training images), else None."""
 
     @property
-    def verdict(self) -> str:
-        """``generated (declared)`` when the file's metadata declares generation, else ``label``."""
-        return verdict_of(self.provenance, self.label)
+    def detector_verdict(self) -> str | None:
+        """What the pixels say (:func:`diffsleuth.verdict.decide_detector_verdict`); None without a score."""
+        threshold = self.threshold if self.threshold is not None else (
+            float("-inf") if self.label == GENERATED else float("inf"))
+        return decide_detector_verdict(self.score, threshold, self.uncertain_threshold, self.outside_domain is not None)
+
+    @property
+    def verdict(self) -> str | None:
+        """The headline (:func:`diffsleuth.verdict.compose_verdict`): a signed declaration, an unsigned
+        claim, or :attr:`detector_verdict`."""
+        return verdict_for(self.detector_verdict, self.provenance)
 
 
 @dataclass
@@ -94,6 +111,13 @@ class DetectorConfig:
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     threshold: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
+
+
+def uncertain_threshold(config: DetectorConfig, threshold: float) -> float | None:
+    """The lower end of the config's ``uncertain`` band, or None: a detector without one has no band,
+    and a threshold overridden below it leaves none."""
+    low = getattr(config, "uncertain_threshold", None)
+    return None if low is None or low >= threshold else float(low)
 
 
 def check_threshold(threshold: float) -> float:
@@ -195,7 +219,8 @@ class Detector(nn.Module):
     def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[dict]]:
         """Return P(generated) for each image (float32, CPU) and per-image extras.
 
-        An extra named ``score_map`` (a 2-D array) becomes :attr:`Prediction.score_map`."""
+        An extra named ``score_map`` (a 2-D array) becomes :attr:`Prediction.score_map`, one named
+        ``outside_domain`` (why the input cannot be judged) :attr:`Prediction.outside_domain`."""
         batch = self.preprocess(images).to(self.device, self.dtype)
         logits = self(batch).float().reshape(-1)
         return torch.sigmoid(logits).cpu(), [{} for _ in images]
@@ -234,9 +259,11 @@ class Detector(nn.Module):
                 chunk = good[start:start + batch_size]
                 probs, extras = self.score_images([read[i] for i in chunk])
                 for i, p, extra in zip(chunk, probs.tolist(), extras):
-                    score_map = extra.pop("score_map", None)
+                    score_map, outside = extra.pop("score_map", None), extra.pop("outside_domain", None)
                     out[i] = Prediction(score=float(p), label=GENERATED if p >= threshold else REAL_LABEL,
-                                        extras=extra, provenance=found[i],
+                                        extras=extra, provenance=found[i], threshold=threshold,
+                                        uncertain_threshold=uncertain_threshold(self.config, threshold),
+                                        outside_domain=outside,
                                         score_map=None if score_map is None else np.asarray(score_map, np.float32))
         finally:
             self.train(was_training)

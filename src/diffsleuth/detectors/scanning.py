@@ -24,20 +24,23 @@ from PIL import Image
 from diffsleuth.io.decode import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, ImageDecodeError, Source, decode_image,
                                   probe_image)
 from diffsleuth.io.guards import DEFAULT_MAX_BYTES, encode_path
-from diffsleuth.provenance import Provenance, read_provenance, verdict_of
+from diffsleuth.provenance import Provenance, read_provenance
+from diffsleuth.verdict import decide_detector_verdict, verdict_for
 
 if TYPE_CHECKING:  # the CLI imports this module to build its options; torch loads with the detector
     from diffsleuth.detectors.base import Detector
 
 COLUMNS = ("path", "score", "label", "error")
-PROVENANCE_COLUMNS = ("threshold", "verdict", "declared", "provenance")
+PROVENANCE_COLUMNS = ("threshold", "verdict", "detector_verdict", "declared", "declared_by", "provenance")
+"""After the standard four: the threshold, the headline ``verdict`` and the pixels' ``detector_verdict``
+(:mod:`diffsleuth.verdict`), what the file's metadata declares and how that is backed."""
 
 DEFAULT_MAX_BATCH_PIXELS = 128_000_000
 """Decoded pixels in flight at once by default: two images at the default pixel limit."""
 
 
 def row_columns(detector: Detector) -> list[str]:
-    """The columns of every row this detector gives: the standard four, threshold and provenance, its extras."""
+    """The columns of every row this detector gives: the standard four, threshold, verdicts and provenance, its extras."""
     return [*COLUMNS, *PROVENANCE_COLUMNS, *detector.extra_columns]
 
 
@@ -63,13 +66,28 @@ class ScanResult:
     """The threshold ``label`` was decided at."""
     provenance: Provenance | None = None
     """What the file's metadata says; None when provenance was not read."""
+    uncertain_threshold: float | None = None
+    """The lower end of the ``uncertain`` band (None: the detector has none)."""
+    outside_domain: str | None = None
+    """Why the detector cannot judge this image, when it cannot."""
+
+    @property
+    def detector_verdict(self) -> str | None:
+        """What the pixels say; None for an error row. ``generated`` follows ``label`` (decided on the
+        unrounded score), so the two never disagree at the threshold."""
+        if self.error is not None or self.score is None:
+            return None
+        at_label = float("-inf") if self.label == "generated" else float("inf")
+        return decide_detector_verdict(self.score, at_label, self.uncertain_threshold, self.outside_domain is not None)
 
     def as_row(self) -> dict[str, Any]:
         """The row; ``path`` (and any text) as :func:`encode_path` writes it, so any file name is valid text."""
+        detector_verdict = self.detector_verdict
+        prov = self.provenance
         row = {"path": self.path, "score": self.score, "label": self.label, "error": self.error,
-               "threshold": self.threshold, "verdict": verdict_of(self.provenance, self.label),
-               "declared": self.provenance.declared if self.provenance else None,
-               "provenance": self.provenance.summary if self.provenance else None}
+               "threshold": self.threshold, "verdict": verdict_for(detector_verdict, prov),
+               "detector_verdict": detector_verdict, "declared": prov.declared if prov else None,
+               "declared_by": prov.signature if prov else None, "provenance": prov.summary if prov else None}
         row.update({k: v for k, v in self.extras.items() if isinstance(v, (str, int, float, bool))})
         return {k: encode_path(v) if isinstance(v, str) else v for k, v in row.items()}
 
@@ -122,7 +140,9 @@ def score_decoded(detector: Detector, names: Sequence[str], decoded: Sequence[Im
                                       threshold=threshold, provenance=prov))
         else:
             results.append(ScanResult(name, round(pred.score, 6), pred.label, extras=pred.extras,
-                                      score_map=pred.score_map, threshold=threshold, provenance=prov))
+                                      score_map=pred.score_map, threshold=threshold, provenance=prov,
+                                      uncertain_threshold=pred.uncertain_threshold,
+                                      outside_domain=pred.outside_domain))
     return results
 
 

@@ -11,6 +11,8 @@ read from the detector's ``training_log.json`` when it has one):
 - per source (a generator family, a real-photo source) and degradation: the share flagged at the
   threshold, with an exact interval: the detection rate of unseen families, the false-positive
   rate of unseen photo sources;
+- the share of each detector verdict (``generated``, ``uncertain``, ``outside the detector's
+  domain``, ``no trace found``; :mod:`diffsleuth.verdict`) per source and degradation;
 - out of domain: rendered text, charts and screenshots, and the photos bundled in wheels;
 - beside the model, a colour-histogram logistic regression trained on the training images: where
   it matches the model, content alone separates the classes.
@@ -33,6 +35,7 @@ from diffsleuth.evaluation.out_of_domain import wheel_photos
 from diffsleuth.io.decode import decode_image
 from diffsleuth.io.degrade import parse_degradation
 from diffsleuth.progress import track
+from diffsleuth.verdict import DETECTOR_VERDICTS
 
 TRAINING_LOG = "training_log.json"
 HEADLINE = ("auc", "ap", "tpr_at_5fpr", "real_acc", "fake_acc", "n_real", "n_fake")
@@ -78,26 +81,38 @@ def summarise(labels: np.ndarray, scores: np.ndarray, threshold: float, n_bootst
     return out
 
 
+def verdict_rates(verdicts: Sequence[str | None]) -> dict[str, dict]:
+    """The share of each detector verdict among ``verdicts``, with exact intervals."""
+    array = np.asarray(verdicts, dtype=object)
+    return {verdict: flag_rate(array == verdict) for verdict in DETECTOR_VERDICTS}
+
+
 def score_samples(detector: Detector, samples: Sequence[Sample], spec: str, batch_size: int,
-                  baseline: HistogramBaseline | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Detector (and baseline) scores of ``samples`` under degradation ``spec``, streamed in chunks."""
+                  baseline: HistogramBaseline | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Detector scores (and baseline scores, and detector verdicts) of ``samples`` under
+    degradation ``spec``, streamed in chunks."""
     degrade = parse_degradation(spec)
-    ours, hist = [], []
+    ours, hist, verdicts = [], [], []
     for start in track(range(0, len(samples), batch_size), f"scoring {spec}"):
         images = [degrade(decode_image(s.record.path)) for s in samples[start:start + batch_size]]
-        ours.extend(p.score for p in detector.predict(images, batch_size=batch_size))
+        predictions = detector.predict(images, batch_size=batch_size)
+        ours.extend(p.score for p in predictions)
+        verdicts.extend(p.detector_verdict for p in predictions)
         if baseline is not None:
             hist.extend(baseline.scores(images))
-    return np.asarray(ours), (np.asarray(hist) if baseline is not None else None)
+    return np.asarray(ours), (np.asarray(hist) if baseline is not None else None), np.asarray(verdicts, dtype=object)
 
 
 def named_scores(detector: Detector, baseline: HistogramBaseline | None, named: dict[str, Image.Image]) -> dict:
     """Scores of images that are all real (or all out of domain): every flag is a false positive."""
     names = list(named)
     images = [named[n] for n in names]
-    ours = np.asarray([p.score for p in detector.predict(images, batch_size=8)])
-    rows = [{"image": n, "size": list(named[n].size), "model": round(float(s), 4)} for n, s in zip(names, ours)]
-    block = {"rows": rows, "model": flag_rate(ours >= detector.config.threshold)}
+    predictions = detector.predict(images, batch_size=8)
+    ours = np.asarray([p.score for p in predictions])
+    rows = [{"image": n, "size": list(named[n].size), "model": round(float(p.score), 4),
+             "detector_verdict": p.detector_verdict} for n, p in zip(names, predictions)]
+    block = {"rows": rows, "model": flag_rate(ours >= detector.config.threshold),
+             "verdicts": verdict_rates([p.detector_verdict for p in predictions])}
     if baseline is not None:
         hist = baseline.scores(images)
         for row, h in zip(rows, hist):
@@ -135,7 +150,7 @@ def evaluate_card(detector: Detector, folder: Path | None, data: Sequence[str], 
                     "holdout": vars(holdout), "trained_on_sources": sorted({s.source for s in samples if s.role == "train"}),
                     "sets": {}, "sources": {}}
     for spec in degradations:
-        ours, hist = score_samples(detector, picked, spec, batch_size, baseline)
+        ours, hist, verdicts = score_samples(detector, picked, spec, batch_size, baseline)
         labels = np.array([s.record.label for s in picked])
         groups = sorted({(s.root, s.role) for s in picked})
         for root, role in groups:
@@ -149,7 +164,7 @@ def evaluate_card(detector: Detector, folder: Path | None, data: Sequence[str], 
         for source, role, label in sorted({(s.source, s.role, s.record.label) for s in picked}):
             mask = np.array([(s.source, s.role, s.record.label) == (source, role, label) for s in picked])
             entry = {"label": "generated" if label == 1 else "real", "role": role,
-                     "model": flag_rate(ours[mask] >= threshold)}
+                     "model": flag_rate(ours[mask] >= threshold), "verdicts": verdict_rates(verdicts[mask])}
             if hist is not None:
                 entry["colour_histogram"] = flag_rate(hist[mask] >= baseline.threshold)
             report["sources"][f"{source}/{role}/{spec}"] = entry

@@ -10,11 +10,13 @@ import math
 from collections import defaultdict
 
 INTENDED_DOMAIN = (
-    "**Intended domain: camera photographs.** The score is the probability that a photo-like image "
-    "was made by a generative model. Rendered text, charts, screenshots, drawings and other "
-    "non-photographic images are out of scope: the share of them flagged is measured below so "
-    "that nobody mistakes a flag on them for evidence. No detector here is proof: use the score as "
-    "one signal among others, and check it on your own real photos first (`diffsleuth eval`).")
+    "**Intended domain: camera photographs.** Read the verdict first: `generated` (score at or above "
+    "the threshold), `uncertain` (in the band below it, where the detector has one), `outside the "
+    "detector's domain` (an input it cannot judge), `no trace found` (never proof that an image is "
+    "a photograph). The score is a detector score, not a chance. Rendered text, charts, screenshots, "
+    "drawings and other non-photographic images are out of scope: what the detector says about them is "
+    "measured below so that nobody mistakes it for evidence. No detector here is proof: use it as one "
+    "signal among others, and check it on your own real photos first (`diffsleuth eval`).")
 
 
 def pct(block: dict) -> str:
@@ -66,14 +68,53 @@ def sources_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def verdicts_table(report: dict) -> str:
+    """One row per source, role and degradation: the share of each detector verdict."""
+    names = ("generated", "uncertain", "outside the detector's domain", "no trace found")
+    lines = ["| class | role | source | degradation | " + " | ".join(names) + " |", "|---|---|---|---|" + "---|" * 4]
+    for key, entry in sorted(report["sources"].items(), key=lambda item: (item[1]["label"], item[0])):
+        if "verdicts" not in entry:
+            continue
+        source, role, spec = key.rsplit("/", 2)
+        lines.append(f"| {entry['label']} | {role} | {source} | {spec} | "
+                     + " | ".join(pct(entry["verdicts"][n]) for n in names) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "No verdicts in these metrics (made before verdicts existed)."
+
+
+VERDICT_NAMES = ("generated", "uncertain", "outside the detector's domain", "no trace found")
+
+
+def verdict_rates_block(rates: dict) -> str:
+    """The ``verdict_rates`` of ``card_metrics.json`` (:mod:`diffsleuth.evaluation.verdict_rates`)."""
+    band = rates.get("uncertain_threshold")
+    lines = [f"Made by `{rates.get('command', 'python -m diffsleuth.evaluation.verdict_rates')}`. Threshold "
+             f"{rates['threshold']:.4f}; uncertain band "
+             + (f"from {band:.4f}" if band is not None else "none") + ". Share of each detector verdict, exact 95% "
+             "intervals; every file re-encoded as stated. Synthetic inputs: `out_of_domain.outside_inputs(seed="
+             f"{rates.get('synthetic_seed', 0)})` (text pages, charts, screenshots, 512-px uniform noise, 16-64 px "
+             "thumbnails), scored by `predict`.", "",
+             "| set | " + " | ".join(VERDICT_NAMES) + " |", "|---|" + "---|" * len(VERDICT_NAMES)]
+    for name, block in list(rates["sets"].items()) + [(f"synthetic: {k}", b) for k, b in rates["synthetic"].items()]:
+        lines.append(f"| {name} | " + " | ".join(pct(block[n]) for n in VERDICT_NAMES) + " |")
+    return "\n".join(lines)
+
+
 def named_block(block: dict) -> str:
     lines = [f"Flagged by the model: {pct(block['model'])}"
              + (f"; by the colour-histogram baseline: {pct(block['colour_histogram'])}." if "colour_histogram" in block else ".")]
     kinds: dict[str, list[dict]] = defaultdict(list)
     for row in block["rows"]:
         kinds[row["image"].split(":", 1)[0]].append(row)
-    lines += ["", "| image | size | model P(generated) |", "|---|---|---|"]
-    lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['model']:.3f} |" for r in block["rows"]]
+    if "verdicts" in block:
+        lines += ["", "Detector verdicts: " + "; ".join(f"{name} {pct(rate)}" for name, rate in block["verdicts"].items())
+                  + "."]
+    if all("detector_verdict" in r for r in block["rows"]):
+        lines += ["", "| image | size | detector score | detector verdict |", "|---|---|---|---|"]
+        lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['model']:.3f} | {r['detector_verdict']} |"
+                  for r in block["rows"]]
+    else:
+        lines += ["", "| image | size | detector score |", "|---|---|---|"]
+        lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['model']:.3f} |" for r in block["rows"]]
     return "\n".join(lines)
 
 
@@ -117,6 +158,9 @@ def render_card(report: dict, title: str, notes: str = "", command: str = "") ->
         "AUC/AP intervals: 95% stratified bootstrap; rates: exact 95% intervals.", "",
         "### Data sets (both classes)", sets_table(report), "",
         "### Per source, at the threshold", sources_table(report), "",
+        "### Detector verdicts per source", verdicts_table(report), "",
+        *(("### Verdicts on camera photos, held-out generators and non-photos",
+           verdict_rates_block(report["verdict_rates"]), "") if "verdict_rates" in report else ()),
         "### Out of domain: rendered text, charts, screenshots (made by `diffsleuth.evaluation.out_of_domain`)",
         named_block(report["non_photos"]), "",
         "### Camera photos bundled in the scikit-image and scikit-learn wheels", named_block(report["wheel_photos"]), "",

@@ -114,6 +114,20 @@ def non_photos(per_kind: int = 8, seed: int = 0) -> dict[str, Image.Image]:
     return images
 
 
+def outside_inputs(seed: int = 0, per_kind: int = 8) -> dict[str, Image.Image]:
+    """What a domain check is for: :func:`non_photos`, plus ``per_kind // 2`` images of uniform
+    noise (512 px) and of thumbnails (16 to 16 * per_kind // 2 px), all seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = non_photos(per_kind, seed)
+    for i in range(per_kind // 2):
+        images[f"noise:{i}"] = Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
+        images[f"thumbnail:{i}"] = Image.fromarray(rng.integers(0, 256, (2, 2, 3), dtype=np.uint8)).resize(
+            (16 * (i + 1), 16 * (i + 1)), Image.Resampling.BICUBIC)
+    return images
+
+
 def wheel_photos() -> dict[str, Image.Image]:
     """The camera photos bundled in the scikit-image (if installed) and scikit-learn wheels."""
     from sklearn.datasets import load_sample_images

@@ -17,7 +17,6 @@ from diffsleuth.provenance.reader import read_provenance
 from diffsleuth.provenance.result import (
     AI_EDITED,
     CAMERA,
-    DECLARED_GENERATED_VERDICT,
     GENERATED,
     SIGNATURE_INVALID,
     SIGNATURES,
@@ -26,11 +25,10 @@ from diffsleuth.provenance.result import (
     UNSIGNED,
     Evidence,
     Provenance,
-    verdict_of,
 )
 
 __all__ = [
-    "AI_EDITED", "CAMERA", "DECLARED_GENERATED_VERDICT", "DEFAULT_MAX_BYTES", "GENERATED", "Evidence",
+    "AI_EDITED", "CAMERA", "DEFAULT_MAX_BYTES", "GENERATED", "Evidence",
     "SIGNATURES", "SIGNATURE_INVALID", "SIGNED_TRUSTED", "SIGNED_UNTRUSTED", "UNSIGNED",
-    "Provenance", "read_provenance", "verdict_of",
+    "Provenance", "read_provenance",
 ]

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 GENERATED = "generated"
 AI_EDITED = "ai-edited"
 CAMERA = "camera"
-DECLARED_GENERATED_VERDICT = "generated (declared)"
 SIGNED_TRUSTED = "signed (trusted)"
 SIGNED_UNTRUSTED = "signed (untrusted signer)"
 SIGNATURE_INVALID = "signature invalid"
@@ -145,13 +144,6 @@ class Provenance:
         lines = [_fit(item.text, DETAIL_CHARS) for item in ordered]
         return lines + [_fit(f"not read: {error}", DETAIL_CHARS) for error in self.errors]
 
-    def verdict(self, label: str | None) -> str | None:
-        """``generated (declared)`` when generation is declared (not by a failing manifest), else the label."""
-        if label is None:
-            return None
-        declared = self.declared == GENERATED and self.signature != SIGNATURE_INVALID
-        return DECLARED_GENERATED_VERDICT if declared else label
-
     def as_dict(self) -> dict[str, object]:
         return {"declared": self.declared, "signature": self.signature, "source": self.source,
                 "validation": self.validation, "summary": self.summary, "details": self.details,
@@ -161,7 +153,3 @@ class Provenance:
         ranked = [e for e in self.evidence if e.declared in RANK]
         return max(ranked, key=lambda e: (RANK[e.declared], BACKING_RANK[e.signature]), default=None)
 
-
-def verdict_of(provenance: Provenance | None, label: str | None) -> str | None:
-    """The row's ``verdict``: the label when provenance was not read (``--no-provenance``)."""
-    return label if provenance is None else provenance.verdict(label)

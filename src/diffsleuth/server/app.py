@@ -36,8 +36,8 @@ def create_app(detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, batch_s
     ``limits``: request sizes, concurrency and timeouts; ``max_request_bytes`` overrides theirs).
 
     Labels are at the detector's ``config.threshold``. ``provenance`` reads each upload's metadata
-    (C2PA, generator settings, IPTC, EXIF) into the rows' ``verdict``, ``declared`` and
-    ``provenance`` fields, as ``diffsleuth scan`` does.
+    (C2PA, generator settings, IPTC, EXIF) into the rows' ``verdict``, ``declared``,
+    ``declared_by`` and ``provenance`` fields, as ``diffsleuth scan`` does.
     """
     limits = limits or ServiceLimits()
     if max_request_bytes is not None:

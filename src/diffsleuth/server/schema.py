@@ -2,10 +2,10 @@
 
 Version 1 (the ``/v1`` in the path) promises the keys below with these types; a change that
 removes or retypes one gets a new path (``/v2``). Rows may carry more keys: the detector's own
-extras (the same columns ``diffsleuth scan`` prints) and, when the server checks provenance, the
-provenance keys (``verdict``, ``declared``, ``provenance``: null, or the label, with ``--no-provenance``).
-The model allows them rather than dropping them, so what a script gets is what
-the CLI prints plus ``score_map``.
+extras (the same columns ``diffsleuth scan`` prints). ``verdict`` is the headline
+(:mod:`diffsleuth.verdict`); with ``--no-provenance`` it is ``detector_verdict`` and the provenance
+keys are null. The model allows extra keys rather than dropping them, so what a script gets is
+what the CLI prints plus ``score_map``.
 """
 
 from __future__ import annotations
@@ -26,14 +26,24 @@ class ScanRow(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     path: str = Field(description="The file name as uploaded (untrusted text: render it as text).")
-    score: Optional[float] = Field(description="P(generated) in [0, 1]; null when the file could not be read.")
-    label: Optional[str] = Field(description="'generated' or 'real' at the threshold; null on error.")
+    score: Optional[float] = Field(description="The detector score in [0, 1] (higher: more like generated "
+                                   "images; not a chance); null when the file could not be read.")
+    label: Optional[str] = Field(description="'generated' or 'real' at the threshold, kept for compatibility: "
+                                 "show verdict instead; null on error.")
     error: Optional[str] = Field(description="Why the file could not be scored; null when it was.")
     threshold: Optional[float] = Field(None, description="The threshold used for label.")
-    verdict: Optional[str] = Field(None, description="'generated (declared)' when the file declares itself "
-                                   "generated, else the label; null on error (the label when the server runs with --no-provenance).")
+    verdict: Optional[str] = Field(None, description="The headline: 'generated (declared)' / 'ai-edited (declared)' "
+                                   "(a valid C2PA signature says so), 'generated (claimed)' / 'ai-edited (claimed)' "
+                                   "(unsigned metadata or a failed signature says so: show detector_verdict beside it), "
+                                   "else detector_verdict; null on error.")
+    detector_verdict: Optional[str] = Field(None, description="What the pixels say: 'generated', 'uncertain', "
+                                            "\"outside the detector's domain\" or 'no trace found' (never 'real'); "
+                                            "null on error.")
     declared: Optional[str] = Field(None, description="What the file's metadata declares: 'generated', "
                                     "'ai-edited', 'camera' or null (never 'real': metadata is easily stripped).")
+    declared_by: Optional[str] = Field(None, description="How that declaration is backed: 'signed (trusted)', "
+                                       "'signed (untrusted signer)', 'signature invalid', 'unsigned' (text anyone "
+                                       "can write) or null.")
     provenance: Optional[str] = Field(None, description="Short human description of the provenance evidence, "
                                       "or null when none was found.")
     score_map: Optional[list[list[float]]] = Field(

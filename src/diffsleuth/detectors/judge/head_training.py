@@ -20,9 +20,11 @@ families (generators never trained on) and the ``test`` split, with exact 95% in
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from diffsleuth.backbones.pypi_weights import cache_dir
+from diffsleuth.detectors.judge.domain import DomainConfig, build_outside, build_reference
 from diffsleuth.detectors.judge.model import JudgeConfig, JudgeDetector, judge_loss, trace_similarity
 from diffsleuth.detectors.judge.training import auc_of, fit_calibration
 from diffsleuth.detectors.training import TrainConfig, cosine_schedule, register_trainer, seed_everything
@@ -69,6 +72,21 @@ class JudgeHeadTrainConfig(TrainConfig):
     cache: str | None = None
     encode_batch: int = 32
     threads: int | None = None
+    uncertain_fpr: float | None = 0.2
+    """The ``uncertain`` band starts at the threshold that flags this share of the calibration photos."""
+    domain_centroids: int = 32
+    """k-means centroids of training features for the domain check (0: size check only)."""
+    domain_per_class: int = 180
+    """Training images per class in the reference, spread evenly over the class's sources."""
+    domain_quantile: float = 0.99
+    """``max_distance`` passes this share of the calibration photos."""
+    domain_min_short_side: int = 128
+    domain_outside_centroids: int = 16
+    """k-means centroids of rendered non-photos and noise for the photo-margin check (0: none)."""
+    domain_outside_per_kind: int = 8
+    domain_outside_seed: int = 1
+    """Seed of the non-photo renders (checks use other seeds: ``diffsleuth card`` and
+    :mod:`diffsleuth.evaluation.verdict_rates` draw seed 0)."""
 
 
 def extractor_config(config: JudgeConfig, degradation: str) -> dict:
@@ -211,6 +229,88 @@ def operating_point(model: JudgeDetector, samples: Sequence[Sample], features: d
     return point
 
 
+def reference_samples(samples: Sequence[Sample], per_class: int, seed: int) -> list[Sample]:
+    """A class-balanced, seeded subset of the training images: at most ``per_class`` per class,
+    the same number from each of the class's sources (fewer where a source has fewer)."""
+    train = [s for s in samples if s.role == "train"]
+    picked: list[Sample] = []
+    for label in sorted({s.record.label for s in train}):
+        group = [s for s in train if s.record.label == label]
+        limit = math.ceil(per_class / len({s.source for s in group}))
+        picked += cap_per_source(group, limit, seed)
+    return picked
+
+
+def outside_features(model: JudgeDetector, cfg: JudgeHeadTrainConfig, root: Path) -> list[torch.Tensor]:
+    """Crop features of the rendered text pages, charts, screenshots and noise the photo-margin
+    check compares against (seed ``domain_outside_seed``; thumbnails are left to the size check),
+    cached under ``root`` by the rendered pixels, like the training features."""
+    from diffsleuth.evaluation.out_of_domain import outside_inputs
+
+    cache = FeatureCache(root, extractor_config(model.config, "none (rendered non-photos)"))
+    images = [image for name, image in outside_inputs(cfg.domain_outside_seed, cfg.domain_outside_per_kind).items()
+              if not name.startswith("thumbnail")]
+    out = []
+    for image in track(images, "encoding non-photos"):
+        key = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
+        if key not in cache:
+            cache.put(key, {"features": encode_views(model, [image])[0]})
+        out.append(cache.get(key)["features"])
+    return out
+
+
+def add_verdict_bands(model: JudgeDetector, calibration: Sequence[torch.Tensor], reference: Sequence[torch.Tensor],
+                      cfg: JudgeHeadTrainConfig, record: dict, outside: Sequence[torch.Tensor] = ()) -> None:
+    """Set the ``uncertain`` band and the domain check, and record in ``config.json`` how.
+
+    ``calibration``: each calibration photo's crop features (real photos never trained on, every
+    degradation pooled): the band starts where ``uncertain_fpr`` of them are flagged and
+    ``max_distance`` passes ``domain_quantile`` of them. ``reference``: crop features of a
+    balanced subset of the training images (:func:`reference_samples`): the k-means centroids.
+    ``outside``: crop features of non-photos (:func:`outside_features`): the photo-margin check,
+    whose ``min_margin`` passes ``domain_quantile`` of the calibration photos.
+    ``record`` (which images, which degradation) is stored with the reference."""
+    config = model.config
+    if cfg.uncertain_fpr is not None and calibration:
+        probs = torch.sigmoid(model.calibrate(torch.from_numpy(image_scores(model, calibration)))).numpy()
+        config.uncertain_threshold = min(threshold_for_fpr(probs, cfg.uncertain_fpr), config.threshold)
+        if config.operating_point is not None:
+            config.operating_point["uncertain"] = {
+                "threshold": config.uncertain_threshold, "target_fpr": cfg.uncertain_fpr,
+                "meaning": "scores from this threshold up to the decision threshold are 'uncertain'; "
+                           "calibration photos at or above it:",
+                "calibration_fpr": flag_rate(probs >= config.uncertain_threshold),
+                "degradations": record.get("calibration_degradations")}
+    config.domain = DomainConfig(min_short_side=cfg.domain_min_short_side)
+    if cfg.domain_centroids and reference and calibration:
+        centroids, max_distance = build_reference(list(reference), list(calibration), cfg.domain_centroids,
+                                                  cfg.domain_quantile, cfg.seed)
+        config.domain = DomainConfig(
+            min_short_side=cfg.domain_min_short_side, centroids=len(centroids), max_distance=max_distance,
+            reference={**record, "crops": int(sum(len(f) for f in reference)), "k": len(centroids),
+                       "kmeans": "spherical (cosine), k-means++ initialisation", "seed": cfg.seed,
+                       "max_distance": f"passes {cfg.domain_quantile} of the calibration photos "
+                                       f"({len(calibration)} image-degradation pairs; mean crop distance)"})
+        model.domain_centroids = torch.from_numpy(centroids)
+        if cfg.domain_outside_centroids and outside:
+            far, min_margin = build_outside(list(outside), centroids, list(calibration), cfg.domain_outside_centroids,
+                                            cfg.domain_quantile, cfg.seed)
+            config.domain.outside_centroids, config.domain.min_margin = len(far), min_margin
+            config.domain.reference["outside"] = (
+                f"{len(outside)} images from diffsleuth.evaluation.out_of_domain.outside_inputs(seed="
+                f"{cfg.domain_outside_seed}, per_kind={cfg.domain_outside_per_kind}) without thumbnails, "
+                f"{int(sum(len(f) for f in outside))} crops, k={len(far)}; min_margin passes "
+                f"{cfg.domain_quantile} of the calibration photos")
+            model.domain_outside = torch.from_numpy(far)
+
+
+def describe_reference(samples: Sequence[Sample], degradation: str) -> dict:
+    """What a domain reference was built from, for ``config.json``."""
+    counts = Counter(f"{s.source} ({'generated' if s.record.label else 'real'})" for s in samples)
+    return {"images": len(samples), "images_by_source": dict(sorted(counts.items())),
+            "degradation": degradation, "features": "the frozen encoder's output for every crop the judge reads"}
+
+
 @register_trainer("judge-head", JudgeHeadTrainConfig)
 def run(cfg: JudgeHeadTrainConfig) -> Path:
     if cfg.threads:
@@ -250,6 +350,14 @@ def run(cfg: JudgeHeadTrainConfig) -> Path:
         probs = torch.sigmoid(model.calibrate(torch.from_numpy(calib_scores))).numpy()
         model.config.threshold = threshold_for_fpr(probs[calib_labels == 0], cfg.target_fpr)
     model.config.operating_point = operating_point(model, samples, features, cfg)
+    calibration = [f[i] for f in features.values() for i, s in enumerate(samples)
+                   if s.role == "calibration" and s.record.label == 0]
+    first = next(iter(features))
+    reference = reference_samples(samples, cfg.domain_per_class, cfg.seed)
+    index = {id(s): i for i, s in enumerate(samples)}
+    add_verdict_bands(model, calibration, [features[first][index[id(s)]] for s in reference], cfg,
+                      {**describe_reference(reference, first), "calibration_degradations": list(features)},
+                      outside_features(model, cfg, root) if cfg.domain_outside_centroids and calibration else [])
     out = model.save_pretrained(cfg.output)
     counts = {role: sum(1 for s in samples if s.role == role) for role in ROLES}
     log = {"best_epoch": best_epoch, "seconds": round(time.monotonic() - started, 1), "history": history,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from diffsleuth.detectors.registry import register_detector
 from diffsleuth.settings import ranged
 from diffsleuth.devices import resolve_device
 from diffsleuth.detectors.image_grid import POLICIES, cover_views, fixed_views, limit_scale
+from diffsleuth.detectors.judge.domain import DomainConfig, nearest_distance, outside_reason
 from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, geometry, normalize, to_tensor
 
 ENCODERS = ("cnn", "resnet50", "clip", "onnx")
@@ -66,6 +67,9 @@ class JudgeConfig(DetectorConfig):
     ``max_short_side``: an image whose shorter side is longer is first downscaled (antialiased)
     to it, so a camera-size photo is read at the pixel scale of the training photos; ``None``
     reads every image at native resolution.
+    ``uncertain_threshold``: scores from it up to ``threshold`` are ``uncertain`` (None: no band);
+    ``domain``: the check that puts an input outside the detector's domain
+    (:mod:`diffsleuth.detectors.judge.domain`; None: no check).
     """
 
     preprocess: PreprocessConfig | None = None
@@ -84,6 +88,8 @@ class JudgeConfig(DetectorConfig):
     calibration_slope: float = ranged(-10.0, -1000.0, 1000.0)
     calibration_intercept: float = ranged(5.0, -1000.0, 1000.0)
     operating_point: dict | None = None  # measured at `threshold` by training (judge-head); never read to score
+    uncertain_threshold: float | None = field(default=None, metadata={"range": (0.0, 1.0)})
+    domain: DomainConfig | None = None
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -261,6 +267,12 @@ class JudgeDetector(Detector):
         generator = torch.Generator().manual_seed(0)
         self.traces = nn.Parameter(F.normalize(
             torch.randn(config.num_traces, config.embed_dim, generator=generator), dim=1))
+        centroids = config.domain.centroids if config.domain is not None else 0
+        outside = config.domain.outside_centroids if centroids else 0
+        self.register_buffer("domain_centroids", torch.zeros(centroids, dim) if centroids else None)
+        self.register_buffer("domain_outside", torch.zeros(outside, dim) if outside else None)
+        if centroids:
+            self.extra_columns = (*type(self).extra_columns, "domain_distance", *(("photo_margin",) if outside else ()))
 
     @classmethod
     def from_config(cls, config: JudgeConfig, device: torch.device | str = "cpu",
@@ -303,9 +315,7 @@ class JudgeDetector(Detector):
 
     @torch.inference_mode()
     def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[dict]]:
-        """P(generated) from the mean trace similarity of each image's crops; ``score_map`` holds
-        every crop's own P(generated), rows x cols (none for a ``fixed`` single centre crop, which
-        reads only part of the image)."""
+        """P(generated) from the mean trace similarity of each image's crops; see :meth:`score_features`."""
         shapes: list[tuple[int, int]] = []
 
         def crop_stream() -> Iterator[Image.Image]:
@@ -314,20 +324,44 @@ class JudgeDetector(Detector):
                 shapes.append((rows, cols))
                 yield from crops
 
-        stream, sims = crop_stream(), []
+        stream, features = crop_stream(), []
         while chunk := list(itertools.islice(stream, CROP_BATCH)):
             batch = normalize(torch.stack([to_tensor(c) for c in chunk]), self.config.preprocess)
-            sims.append(self.trace_score(batch.to(self.device, self.dtype)).float().cpu())
-        crop_sims = torch.cat(sims)
-        probs, extras, start = [], [], 0
-        for rows, cols in shapes:
-            part = crop_sims[start:start + rows * cols]
-            start += rows * cols
-            mean = part.mean()
+            features.append(self.encoder(self.front_end(batch.to(self.device, self.dtype))).float())
+        per_image = torch.cat(features).split([rows * cols for rows, cols in shapes])
+        return self.score_features(per_image, [image.size for image in images], shapes)
+
+    @torch.inference_mode()
+    def score_features(self, features: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]],
+                       shapes: Sequence[tuple[int, int]] | None = None) -> tuple[torch.Tensor, list[dict]]:
+        """Scores from each image's crop features (views, encoder dim), as :meth:`score_images` gives
+        them, so cached encoder features are scored exactly as a scan would score the images.
+
+        ``score_map`` holds every crop's own P(generated), rows x cols (``shapes``; none for a
+        ``fixed`` single centre crop, which reads only part of the image). With a ``domain`` check,
+        ``outside_domain`` says why an image of that size (w, h) cannot be judged (else None),
+        ``domain_distance`` is its crops' mean distance to the training reference and
+        ``photo_margin`` how much nearer they are to it than to the non-photo reference."""
+        probs, extras = [], []
+        for index, (feats, size) in enumerate(zip(features, sizes)):
+            feats = feats.to(self.device, self.dtype)
+            sims = trace_similarity(self.embed_features(feats), self.traces).max(1).values.float().cpu()
+            mean = sims.mean()
             probs.append(torch.sigmoid(self.calibrate(mean)))
-            extra = {"trace_similarity": round(float(mean), 6)}
+            extra: dict = {"trace_similarity": round(float(mean), 6)}
+            distance = margin = None
+            if self.domain_centroids is not None:
+                near = nearest_distance(feats, self.domain_centroids)
+                distance = float(near.mean())
+                extra["domain_distance"] = round(distance, 6)
+                if self.domain_outside is not None:
+                    margin = float((nearest_distance(feats, self.domain_outside) - near).mean())
+                    extra["photo_margin"] = round(margin, 6)
+            if self.config.domain is not None:
+                extra["outside_domain"] = outside_reason(size, distance, self.config.domain, margin)
+            rows, cols = shapes[index] if shapes is not None else (1, len(sims))
             if self.config.grid == "cover" or rows * cols > 1:  # one centre crop maps nothing
-                extra["score_map"] = torch.sigmoid(self.calibrate(part)).reshape(rows, cols).numpy()
+                extra["score_map"] = torch.sigmoid(self.calibrate(sims)).reshape(rows, cols).numpy()
             extras.append(extra)
         return torch.stack(probs), extras
 

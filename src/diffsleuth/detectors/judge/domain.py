@@ -1,0 +1,117 @@
+"""The judge's domain check: a low score on an input it cannot judge must not read as reassurance.
+
+A detector trained on photographs and generated pictures says nothing reliable about a text
+screenshot, a chart, pure noise or a 16-pixel thumbnail, yet it gives them a score. Three checks
+decide "outside the detector's domain" for every score below the threshold (a score at or above it
+stays ``generated``, see :mod:`diffsleuth.verdict`):
+
+- size: a shorter side under ``min_short_side`` pixels (the encoder would upsample it several
+  times; the model never saw such images);
+- distance: the crops' mean cosine distance, in the frozen encoder's own embedding space, to the
+  nearest of ``centroids`` k-means centroids of training-image embeddings (both classes) is over
+  ``max_distance``;
+- photo margin: the crops' mean of (distance to the nearest of ``outside_centroids`` centroids of
+  rendered non-photos and noise) minus (distance to the training reference) is under
+  ``min_margin``: the image looks more like a text page, chart, screenshot or noise than like
+  anything the detector trained on. Distance alone misses these (CLIP places a chart or uniform
+  noise about as far from the training photos as an unusual web photo).
+
+The centroids are stored in ``model.safetensors`` (buffers ``domain_centroids`` and
+``domain_outside``); ``max_distance`` and ``min_margin`` are quantiles over real photos that are
+in neither reference and are not used to check the result (:func:`build_reference`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DomainConfig:
+    """The domain check of a judge (see the module docstring); ``reference`` records how it was built."""
+
+    min_short_side: int = field(default=128, metadata={"range": (1, 100_000)})
+    centroids: int = field(default=0, metadata={"range": (0, 4096)})
+    """k-means centroids in ``model.safetensors``; 0 checks the size only."""
+    max_distance: float = field(default=2.0, metadata={"range": (0.0, 2.0)})
+    outside_centroids: int = field(default=0, metadata={"range": (0, 4096)})
+    """Centroids of non-photo embeddings (0: no photo-margin check)."""
+    min_margin: float = field(default=-2.0, metadata={"range": (-2.0, 2.0)})
+    reference: dict | None = None  # how the centroids and thresholds were made; never read to score
+
+
+def kmeans_centroids(embeddings: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
+    """Spherical k-means (cosine) of ``embeddings`` (N, d) -> (k, d) unit centroids, seeded
+    (k-means++ initialisation), so the same embeddings always give the same reference."""
+    units = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    k = min(k, len(units))
+    rng = np.random.default_rng(seed)
+    centres = [units[rng.integers(len(units))]]
+    for _ in range(1, k):
+        dist = 1.0 - np.max(units @ np.stack(centres).T, axis=1)
+        weights = np.clip(dist, 0, None) ** 2
+        centres.append(units[rng.choice(len(units), p=weights / weights.sum())] if weights.sum() > 0
+                       else units[rng.integers(len(units))])
+    centres = np.stack(centres)
+    for _ in range(iterations):
+        nearest = np.argmax(units @ centres.T, axis=1)
+        moved = np.stack([units[nearest == j].sum(0) if np.any(nearest == j) else centres[j] for j in range(k)])
+        moved /= np.linalg.norm(moved, axis=1, keepdims=True).clip(1e-12)
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    return centres.astype(np.float32)
+
+
+def nearest_distance(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Cosine distance of each feature (B, d) to its nearest centroid (k, d) -> (B,)."""
+    sims = F.normalize(features.float(), dim=1) @ F.normalize(centroids.float(), dim=1).T
+    return 1.0 - sims.max(1).values
+
+
+def image_distances(crop_features: list[torch.Tensor], centroids: torch.Tensor) -> np.ndarray:
+    """Per image, the mean nearest-centroid distance of its crops (what the judge compares)."""
+    return np.array([float(nearest_distance(f, centroids).mean()) for f in crop_features])
+
+
+def image_margins(crop_features: list[torch.Tensor], centroids: torch.Tensor, outside: torch.Tensor) -> np.ndarray:
+    """Per image, the mean over its crops of (distance to ``outside``) - (distance to ``centroids``)."""
+    return np.array([float((nearest_distance(f, outside) - nearest_distance(f, centroids)).mean())
+                     for f in crop_features])
+
+
+def outside_reason(size: tuple[int, int], distance: float | None, config: DomainConfig,
+                   margin: float | None = None) -> str | None:
+    """Why an image of ``size`` (w, h) at ``distance`` (and photo ``margin``) is outside the
+    domain, or None when it is inside."""
+    if min(size) < config.min_short_side:
+        return f"too small ({size[0]}x{size[1]} px; the shorter side is under {config.min_short_side})"
+    if distance is not None and distance > config.max_distance:
+        return f"unlike its training images (embedding distance {distance:.3f} > {config.max_distance:.3f})"
+    if margin is not None and margin < config.min_margin:
+        return (f"not photo-like (closer to text, charts, screenshots or noise: margin {margin:.3f} "
+                f"< {config.min_margin:.3f})")
+    return None
+
+
+def build_reference(reference: list[torch.Tensor], held_out: list[torch.Tensor], k: int, quantile: float,
+                    seed: int = 0) -> tuple[np.ndarray, float]:
+    """Centroids of the ``reference`` crops' encoder features (one tensor per image) and the
+    ``max_distance`` that passes ``quantile`` of the ``held_out`` images (real photos never in
+    the reference)."""
+    centroids = kmeans_centroids(torch.cat(reference).numpy(), k, seed)
+    distances = image_distances(held_out, torch.from_numpy(centroids))
+    return centroids, float(np.quantile(distances, quantile))
+
+
+def build_outside(outside: list[torch.Tensor], centroids: np.ndarray, held_out: list[torch.Tensor], k: int,
+                  quantile: float, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Centroids of non-photo crops' features and the ``min_margin`` that passes ``quantile`` of
+    the ``held_out`` real photos."""
+    outside_centroids = kmeans_centroids(torch.cat(outside).numpy(), k, seed)
+    margins = image_margins(held_out, torch.from_numpy(centroids), torch.from_numpy(outside_centroids))
+    return outside_centroids, float(np.quantile(margins, 1.0 - quantile))

@@ -1,0 +1,97 @@
+"""How often a judge-head detector gives each verdict, on photos and generators it never trained on.
+
+``diffsleuth card`` reports verdict shares for every role it scores; this is the quick form for a
+judge on a frozen encoder, from the feature cache training uses (each file is encoded once per
+degradation, then scored by :meth:`JudgeDetector.score_features`, the code a scan runs), plus
+the inputs the domain check exists for: rendered text, charts and screenshots
+(:mod:`diffsleuth.evaluation.out_of_domain`), seeded noise and thumbnails, scored by ``predict``.
+
+    python -m diffsleuth.evaluation.verdict_rates default --camera ../shared/data/camera-originals \\
+        --data ../shared/data/multigen --cache /tmp/verdict-cache/features --write-card-metrics
+
+writes the rates into the detector's ``card_metrics.json`` (key ``verdict_rates``), which
+:func:`diffsleuth.evaluation.card_render.render_card` shows in ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from diffsleuth.detectors.base import uncertain_threshold
+from diffsleuth.detectors.judge.head_training import cached_features
+from diffsleuth.detectors.judge.model import JudgeDetector
+from diffsleuth.detectors.registry import load_detector, resolve_detector_path
+from diffsleuth.evaluation.card import training_config, verdict_rates
+from diffsleuth.evaluation.heldout import HoldOut, Sample, gather_samples
+from diffsleuth.evaluation.out_of_domain import outside_inputs
+from diffsleuth.verdict import decide_detector_verdict
+
+
+def file_verdicts(model: JudgeDetector, samples: Sequence[Sample], spec: str, cache: Path) -> list[str | None]:
+    """The detector verdict of each file under degradation ``spec`` (sizes kept by every degradation)."""
+    features = cached_features(model, samples, [spec], cache, 32)[spec]
+    sizes = []
+    for sample in samples:
+        with Image.open(sample.record.path) as image:
+            sizes.append(image.size)
+    probs, extras = model.score_features(features, sizes)
+    threshold = float(model.config.threshold)
+    low = uncertain_threshold(model.config, threshold)
+    return [decide_detector_verdict(float(p), threshold, low, extra.get("outside_domain") is not None)
+            for p, extra in zip(probs.tolist(), extras)]
+
+
+def measure(model: JudgeDetector, sets: dict[str, list[Sample]], degradations: Sequence[str], cache: Path,
+            seed: int = 0) -> dict:
+    """Verdict shares per set and degradation, and per kind of synthetic input."""
+    out: dict = {"threshold": float(model.config.threshold),
+                 "uncertain_threshold": uncertain_threshold(model.config, float(model.config.threshold)),
+                 "degradations": list(degradations), "synthetic_seed": seed, "sets": {}, "synthetic": {}}
+    for name, samples in sets.items():
+        for spec in degradations:
+            out["sets"][f"{name}/{spec}"] = verdict_rates(file_verdicts(model, samples, spec, cache))
+    images = outside_inputs(seed)
+    predictions = model.predict(list(images.values()), batch_size=8)
+    kinds = sorted({name.split(":")[0] for name in images})
+    for kind in kinds:
+        out["synthetic"][kind] = verdict_rates([p.detector_verdict for n, p in zip(images, predictions)
+                                                if n.split(":")[0] == kind])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("detector", help="a judge-head detector folder or shipped name")
+    parser.add_argument("--camera", action="append", default=[], help="folders of camera photos it never trained on")
+    parser.add_argument("--data", action="append", default=[], help="data roots holding its held-out families")
+    parser.add_argument("--degradation", action="append", help="applied to every file (default jpeg:90 and jpeg:75)")
+    parser.add_argument("--cache", type=Path, required=True, help="feature cache folder")
+    parser.add_argument("--write-card-metrics", action="store_true", help="store under verdict_rates in card_metrics.json")
+    args = parser.parse_args()
+    folder = resolve_detector_path(args.detector)
+    model = load_detector(args.detector)
+    model.encoder.enable_memo(args.cache.parent / "embeddings")  # the synthetic inputs, encoded once
+    holdout = HoldOut.from_training_config(training_config(folder))
+    sets = {f"camera photos ({Path(root).name})": [s for s in gather_samples([root], HoldOut()) if s.record.label == 0]
+            for root in args.camera}
+    if args.data:
+        held = [s for s in gather_samples(args.data, holdout) if s.role == "holdout"]
+        sets[f"held-out generators ({', '.join(holdout.holdout_families)})"] = held
+    report = measure(model, sets, args.degradation or ["jpeg:90", "jpeg:75"], args.cache)
+    report["command"] = "python -m diffsleuth.evaluation.verdict_rates " + " ".join(
+        [args.detector, *(f"--camera {c}" for c in args.camera), *(f"--data {d}" for d in args.data)])
+    print(json.dumps(report, indent=2))
+    if args.write_card_metrics:
+        path = folder / "card_metrics.json"
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        metrics["verdict_rates"] = report
+        path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
