@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import io
 import json
 import struct
 from pathlib import Path
@@ -241,3 +242,25 @@ def more_generator_files(folder: Path) -> dict[str, tuple[Path, str]]:
                             "AUTOMATIC1111"),
         "stealth_novelai": (stealth_png(folder / "stealth_nai.png", novelai_webp_comment()), "NovelAI"),
     }
+
+
+def sign_c2pa(c2pa_fixtures, source: bytes, dst: str, fmt: str = "image/png", remote: str | None = None) -> bytes:
+    """``source`` with a C2PA manifest declaring IPTC source type ``dst``, signed with the fixtures' test
+    certificate (valid, signer on no trust list), or with ``remote`` only a link to one."""
+    import c2pa
+
+    manifest = {"claim_generator_info": [{"name": "diffsleuth-test", "version": "0.1"}], "format": fmt,
+                "assertions": [{"label": "c2pa.actions", "data": {"actions": [{
+                    "action": "c2pa.created", "softwareAgent": {"name": "Test Model", "version": "2"},
+                    "digitalSourceType": f"http://cv.iptc.org/newscodes/digitalsourcetype/{dst}"}]}}]}
+    certs = c2pa_fixtures / "test-certs"
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(
+        alg=c2pa.C2paSigningAlg.ES256, sign_cert=(certs / "es256.pub").read_bytes(),
+        private_key=(certs / "es256.pem").read_bytes(), ta_url=None))
+    builder = c2pa.Builder(json.dumps(manifest))
+    if remote:
+        builder.set_no_embed()
+        builder.set_remote_url(remote)
+    out = io.BytesIO()
+    builder.sign(signer, fmt, io.BytesIO(source), out)
+    return out.getvalue()

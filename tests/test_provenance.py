@@ -16,7 +16,7 @@ from diffsleuth.provenance import read_provenance
 from diffsleuth.verdict import GENERATED as GENERATED_V, CLAIMED_GENERATED, DECLARED_GENERATED, NO_TRACE, VALID_SIGNATURES, verdict_for
 from diffsleuth.provenance.result import (SIGNATURE_INVALID, SIGNED_TRUSTED,
                                          SIGNED_UNTRUSTED, UNSIGNED)
-from provenance_files import (A1111_PARAMETERS, XMP_TEMPLATE, camera_jpeg, generator_files, jpeg_with_exif,
+from provenance_files import (A1111_PARAMETERS, XMP_TEMPLATE, camera_jpeg, generator_files, jpeg_with_exif, sign_c2pa,
                               png_with_text, user_comment)
 
 C2PA_FIXTURES = REPO.parent / "shared" / "fixtures" / "c2pa"
@@ -77,26 +77,6 @@ def test_only_a_valid_signature_gives_a_declared_verdict(c2pa_fixtures):
         assert verdict.endswith("(declared)") == (found.signature in VALID_SIGNATURES and found.declared != "camera")
 
 
-def _sign(c2pa_fixtures, source: bytes, dst: str, fmt: str = "image/png", remote: str | None = None) -> bytes:
-    import c2pa
-
-    manifest = {"claim_generator_info": [{"name": "diffsleuth-test", "version": "0.1"}], "format": fmt,
-                "assertions": [{"label": "c2pa.actions", "data": {"actions": [{
-                    "action": "c2pa.created", "softwareAgent": {"name": "Test Model", "version": "2"},
-                    "digitalSourceType": f"http://cv.iptc.org/newscodes/digitalsourcetype/{dst}"}]}}]}
-    certs = c2pa_fixtures / "test-certs"
-    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(
-        alg=c2pa.C2paSigningAlg.ES256, sign_cert=(certs / "es256.pub").read_bytes(),
-        private_key=(certs / "es256.pem").read_bytes(), ta_url=None))
-    builder = c2pa.Builder(json.dumps(manifest))
-    if remote:
-        builder.set_no_embed()
-        builder.set_remote_url(remote)
-    out = io.BytesIO()
-    builder.sign(signer, fmt, io.BytesIO(source), out)
-    return out.getvalue()
-
-
 def _png_bytes(seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     random_photo(seed).save(buffer, format="PNG")
@@ -104,7 +84,7 @@ def _png_bytes(seed: int = 0) -> bytes:
 
 
 def test_signed_in_test_trained_is_generated_and_trust_anchors_make_it_trusted(c2pa_fixtures):
-    signed = _sign(c2pa_fixtures, _png_bytes(), "trainedAlgorithmicMedia")
+    signed = sign_c2pa(c2pa_fixtures, _png_bytes(), "trainedAlgorithmicMedia")
     found = read_provenance(signed)
     assert (found.declared, found.source, found.validation) == ("generated", "Test Model 2", "valid (untrusted signer)")
     anchors = (c2pa_fixtures / "test-certs" / "test_cert_root_bundle.pem").read_text()
@@ -114,13 +94,13 @@ def test_signed_in_test_trained_is_generated_and_trust_anchors_make_it_trusted(c
 
 
 def test_algorithmic_media_is_not_ai_and_composite_is_ai_edited(c2pa_fixtures):
-    assert read_provenance(_sign(c2pa_fixtures, _png_bytes(), "algorithmicMedia")).declared is None
-    assert read_provenance(_sign(c2pa_fixtures, _png_bytes(), "compositeWithTrainedAlgorithmicMedia")).declared == "ai-edited"
+    assert read_provenance(sign_c2pa(c2pa_fixtures, _png_bytes(), "algorithmicMedia")).declared is None
+    assert read_provenance(sign_c2pa(c2pa_fixtures, _png_bytes(), "compositeWithTrainedAlgorithmicMedia")).declared == "ai-edited"
 
 
 def test_a_manifest_that_fails_validation_is_a_claim_with_an_invalid_signature(c2pa_fixtures):
     """Like an OpenAI image whose credential does not validate here: still a claim, never "signed"."""
-    signed = bytearray(_sign(c2pa_fixtures, _png_bytes(), "trainedAlgorithmicMedia"))
+    signed = bytearray(sign_c2pa(c2pa_fixtures, _png_bytes(), "trainedAlgorithmicMedia"))
     idat = signed.index(b"IDAT")
     signed[idat + 20] ^= 0xFF  # one byte of compressed pixels
     found = read_provenance(bytes(signed))
@@ -136,7 +116,7 @@ def test_a_signed_claim_outranks_an_unsigned_one_of_the_same_kind(c2pa_fixtures)
     info, buffer = PngInfo(), io.BytesIO()
     info.add_text("parameters", A1111_PARAMETERS)
     random_photo(0).save(buffer, format="PNG", pnginfo=info)
-    both = _sign(c2pa_fixtures, buffer.getvalue(), "trainedAlgorithmicMedia")  # settings signed over, unsigned
+    both = sign_c2pa(c2pa_fixtures, buffer.getvalue(), "trainedAlgorithmicMedia")  # settings signed over, unsigned
     found = read_provenance(both)
     assert (found.declared, found.signature) == ("generated", SIGNED_UNTRUSTED)
     assert found.summary.endswith("(+1 more)") and any("unsigned claim" in line for line in found.details)
@@ -153,7 +133,7 @@ def test_remote_manifest_is_reported_and_never_fetched(c2pa_fixtures, monkeypatc
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    signed = _sign(c2pa_fixtures, _png_bytes(), "trainedAlgorithmicMedia", remote="http://127.0.0.1:9/m.c2pa")
+    signed = sign_c2pa(c2pa_fixtures, _png_bytes(), "trainedAlgorithmicMedia", remote="http://127.0.0.1:9/m.c2pa")
     found = read_provenance(signed)
     assert found.validation == "remote (not fetched)" and found.declared is None and found.signature is None
     assert "http://127.0.0.1:9/m.c2pa" in found.summary

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import random_photo
 from diffsleuth.detectors import load_detector
+from provenance_files import sign_c2pa
 from toy_detector import saved_toy_map
 
 pytest.importorskip("fastapi")
@@ -332,6 +333,40 @@ def test_phone_width_has_no_horizontal_overflow(open_page, map_server):
     for box in ui.page.locator('[data-testid="result"]').evaluate_all(
             "cards => cards.map(c => c.getBoundingClientRect().right)"):
         assert box <= 375
+
+
+def test_the_real_default_puts_noise_and_a_text_screenshot_outside_its_domain_and_a_signed_declaration_wins(
+        open_page, default_server, shared_data):
+    """End to end, no stub: the shipped default's own domain check and a C2PA-signed declaration."""
+    pytest.importorskip("c2pa")
+    from diffsleuth.evaluation.out_of_domain import non_photos, outside_inputs
+
+    fixtures = shared_data.parent / "fixtures" / "c2pa"
+    if not (fixtures / "test-certs").is_dir():
+        pytest.skip("../shared/fixtures/c2pa is not beside this checkout")
+    screenshot = next(image for name, image in non_photos(4, seed=3).items() if name.startswith("screenshot"))
+    noise = outside_inputs(seed=3, per_kind=2)["noise:0"]
+    photo = (shared_data / "camera-originals" / "real" / "Canon_EOS_1000D.jpg").read_bytes()
+    signed = sign_c2pa(fixtures, photo, "trainedAlgorithmicMedia", fmt="image/jpeg")
+
+    def png(image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    ui = open_page(default_server)
+    ui.drop([("noise.png", png(noise), "image/png"), ("screenshot.png", png(screenshot), "image/png"),
+             ("declared.jpg", signed, "image/jpeg")])
+    results = ui.wait_for_results(3)
+    cards = {results.nth(i).get_attribute("data-filename"): results.nth(i) for i in range(3)}
+    for name in ("noise.png", "screenshot.png"):
+        sync_api.expect(cards[name].locator('[data-testid="verdict"]')).to_have_text("outside the detector's domain")
+        assert _border(cards[name]) == GREY
+    declared = cards["declared.jpg"]
+    sync_api.expect(declared.locator('[data-testid="verdict"]')).to_have_text("generated (declared)")
+    assert _border(declared) == RED
+    sync_api.expect(declared.locator(".detector-verdict")).to_contain_text("The pixels alone:")
+    sync_api.expect(declared.locator('[data-testid="provenance"] summary')).to_contain_text("signed")
 
 
 def _stubbed(ui: Page, rows: list[dict]):
