@@ -37,10 +37,11 @@ def display_number(value: float | None) -> str:
 
 
 def verdict_text(row: dict[str, Any]) -> str:
-    """The row's verdict, with the detector's own when it differs (a claim the pixels do not back)."""
+    """The row's verdict, with the detector's own when it says something else (a claim the pixels
+    do not back); a declared generation the pixels also find needs no second word."""
     verdict = row.get("verdict") or row.get("label") or ""
     detector = row.get("detector_verdict")
-    if detector and verdict and detector != verdict:
+    if detector and verdict and verdict.split(" (")[0] != detector:
         return f"{verdict} · detector: {detector}"
     return verdict
 

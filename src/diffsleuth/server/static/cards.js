@@ -142,7 +142,7 @@ window.diffsleuthCards = (function () {
     headline.setAttribute("data-testid", "verdict");
     body.appendChild(headline);
     if (NOTES[verdict]) body.appendChild(el("p", "verdict-note", NOTES[verdict]));
-    if (pixels !== verdict) {
+    if (pixels !== verdict.split(" (")[0]) {  // a declaration the pixels agree with needs no second line
       const alone = el("p", "detector-verdict");
       alone.append(el("span", "caption", "The pixels alone: "), el("strong", null, pixels));
       body.appendChild(alone);
