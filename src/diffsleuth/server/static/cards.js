@@ -13,7 +13,7 @@ window.diffsleuthCards = (function () {
     "generated (claimed)": "The file's metadata says it was generated; no valid signature backs that claim.",
     "ai-edited (declared)": "The file's metadata declares that AI edited it.",
     "ai-edited (claimed)": "The file's metadata says AI edited it; no valid signature backs that claim.",
-    "uncertain": "The score is in the band below the threshold, where real photos also land: the detector cannot tell.",
+    "uncertain": "The score is in the band below the threshold, where camera photos also land: the detector cannot tell.",
     "outside the detector's domain": "The detector cannot judge this image: too small, not " +
       "photo-like, or unlike anything it was trained on.",
     "no trace found": "The detector found no trace of generation. That does not show the image is authentic.",
