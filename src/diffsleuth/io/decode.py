@@ -48,7 +48,7 @@ class ImageDecodeError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB, scaling 16-bit and float data instead of clipping."""
     if image.mode.startswith("I;16"):
         # round(v / 65535 * 255) in integers: 4 bytes a pixel instead of float64's 8
@@ -261,7 +261,7 @@ def decode_image(
             image = ImageOps.exif_transpose(image) or image
         except (SyntaxError, ValueError, OSError, EOFError, IndexError, TypeError, struct.error):
             pass  # unreadable EXIF (a 40-byte garbage eXIf chunk): orientation unknown, pixels as stored
-        return _to_rgb(image)
+        return to_rgb(image)
 
     try:
         rgb = _guarded(label, lambda: decode(data))

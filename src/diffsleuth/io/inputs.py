@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from diffsleuth.io.decode import _to_rgb as to_rgb  # the files' conversion, shared on purpose
+from diffsleuth.io.decode import to_rgb  # the files' conversion: PIL inputs go through it too
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 """One image: a file path, the encoded file's bytes, a PIL image, or an HxWx3 uint8 RGB array."""
