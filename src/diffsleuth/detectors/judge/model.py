@@ -26,9 +26,9 @@ from diffsleuth.detectors.image_grid import POLICIES, cover_views, fixed_views, 
 from diffsleuth.detectors.judge.domain import DomainConfig, nearest_distance, outside_reason
 from diffsleuth.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, geometry, normalize, to_tensor
 
-ENCODERS = ("cnn", "resnet50", "clip", "onnx")
+ENCODERS = ("cnn", "resnet50", "clip", "onnx", "clip-vit-b16")
 FRONT_ENDS = ("npr", "highpass", "none")
-FROZEN_ENCODERS = ("clip", "onnx")  # loaded from their own source, never saved in our weights
+FROZEN_ENCODERS = ("clip", "onnx", "clip-vit-b16")  # loaded from their own source, never saved in our weights
 
 
 def encoder_defaults(encoder: str, backbone: str | None) -> tuple[PreprocessConfig, str]:
@@ -39,7 +39,7 @@ def encoder_defaults(encoder: str, backbone: str | None) -> tuple[PreprocessConf
     sees the pixels themselves (no front end). The from-scratch encoders read native-resolution
     256 crops in [-1, 1] through the NPR residual.
     """
-    if encoder in ("clip", "onnx"):
+    if encoder in ("clip", "onnx", "clip-vit-b16"):
         from diffsleuth.backbones.onnx_encoder import clip_preprocess
 
         return clip_preprocess(), "none"
@@ -99,8 +99,8 @@ class JudgeConfig(DetectorConfig):
         self.front_end = self.front_end if self.front_end is not None else front_end
         if self.grid not in POLICIES:
             raise ValueError(f"unknown judge grid {self.grid!r} (one of {POLICIES})")
-        if self.encoder == "onnx" and not self.backbone:
-            raise ValueError("a judge with the onnx encoder needs backbone (a .onnx file or pypi: source)")
+        if self.encoder in ("onnx", "clip-vit-b16") and not self.backbone:
+            raise ValueError(f"a judge with the {self.encoder} encoder needs backbone (a .onnx file or pypi: source)")
         if self.front_end not in FRONT_ENDS:
             raise ValueError(f"unknown judge front_end {self.front_end!r} (one of {FRONT_ENDS})")
         if self.num_traces < 1 or self.test_grid < 1:
@@ -184,6 +184,10 @@ def build_encoder(config: JudgeConfig, pretrained: bool = True) -> nn.Module:
 
     if config.encoder == "cnn":
         return CompactCNN(config.width)
+    if config.encoder == "clip-vit-b16":
+        from diffsleuth.backbones.clip_torch import load_clip_tower
+
+        return load_clip_tower(config.backbone, config.backbone_sha256).requires_grad_(False)
     if config.encoder == "onnx":
         from diffsleuth.backbones.onnx_encoder import load_onnx_encoder
 

