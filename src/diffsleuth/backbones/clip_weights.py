@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,12 +158,35 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def float_graph(path: str | os.PathLike):
+def checked_overrides(overrides: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """``overrides`` as float32 arrays, refused (naming the tensor) when a name is not a tensor of
+    the tower, a shape differs from the tower's or a value is not finite: a fine-tuned tensor must
+    land exactly where it was trained, or not at all."""
+    expected = expected_shapes()
+    checked = {}
+    for name, value in (overrides or {}).items():
+        if name not in expected:
+            raise ClipGraphError(f"override {name!r}: not a tensor of the CLIP ViT-B/16 vision tower")
+        array = np.asarray(value, dtype=np.float32)
+        if tuple(array.shape) != expected[name]:
+            raise ClipGraphError(f"override {name!r}: shape {tuple(array.shape)}, the tower's is {expected[name]}")
+        if not np.isfinite(array).all():
+            raise ClipGraphError(f"override {name!r}: holds values that are not finite")
+        checked[name] = array
+    return checked
+
+
+def float_graph(path: str | os.PathLike, overrides: Mapping[str, np.ndarray] | None = None):
     """The pinned graph with every quantised product replaced by a float32 ``MatMul`` on its
-    dequantised weight: the same tower, batch-independent, for onnxruntime (an ``onnx.ModelProto``)."""
+    dequantised weight: the same tower, batch-independent, for onnxruntime (an ``onnx.ModelProto``).
+
+    ``overrides`` (:func:`dequantised_state` names and layouts, e.g. a fine-tuned tower's
+    ``state_overrides``) replace the pinned values: a linear weight (out, in) is transposed into its
+    ``MatMul``'s (in, out) initializer, any other tensor replaces the initializer of its name."""
     import onnx
     from onnx import helper, numpy_helper
 
+    overrides = checked_overrides(overrides)
     model = _load(path)
     graph = model.graph
     arrays = _initializers(graph)
@@ -184,12 +208,30 @@ def float_graph(path: str | os.PathLike):
     kept = _live_nodes(kept, [out.name for out in graph.output])
     used = {name for node in kept for name in node.input}
     initializers = [init for init in graph.initializer if init.name in used] + new_weights
+    initializers = _overridden(initializers, overrides, {f"{p.module}.weight" for p in products}, path)
     del graph.node[:]
     graph.node.extend(kept)
     del graph.initializer[:]
     graph.initializer.extend(initializers)
     onnx.checker.check_model(model)
     return model
+
+
+def _overridden(initializers: list, overrides: dict[str, np.ndarray], linear: set[str], path) -> list:
+    """``initializers`` with each overridden tensor's value replaced (linear weights transposed)."""
+    from onnx import numpy_helper
+
+    where = {init.name: i for i, init in enumerate(initializers)}
+    out = list(initializers)
+    for name, value in overrides.items():
+        target, array = (f"{name}.dequantised", value.T) if name in linear else (name, value)
+        if target not in where:
+            raise ClipGraphError(f"override {name!r}: {path} has no initializer {target!r} to replace")
+        old = numpy_helper.to_array(out[where[target]])
+        if old.shape != array.shape:
+            raise ClipGraphError(f"override {name!r}: the graph holds it as {old.shape}, got {array.shape}")
+        out[where[target]] = numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), target)
+    return out
 
 
 def _live_nodes(nodes: list, outputs: list[str]) -> list:
@@ -202,13 +244,14 @@ def _live_nodes(nodes: list, outputs: list[str]) -> list:
     return live[::-1]
 
 
-def save_float_graph(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+def save_float_graph(source: str | os.PathLike, target: str | os.PathLike,
+                     overrides: Mapping[str, np.ndarray] | None = None) -> Path:
     """Write :func:`float_graph` of ``source`` to ``target`` atomically (weights inside one file)."""
     import onnx
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    onnx.save_model(float_graph(source), str(tmp))
+    onnx.save_model(float_graph(source, overrides), str(tmp))
     os.replace(tmp, target)
     return target
