@@ -47,7 +47,8 @@ def crops(n: int, seed: int = 0) -> np.ndarray:
     """Smooth random crops, roughly CLIP-normalised."""
     rng = np.random.default_rng(seed)
     small = rng.standard_normal((n, 3, 14, 14)).astype(np.float32)
-    return np.repeat(np.repeat(small, 16, axis=2), 16, axis=3) + 0.1 * rng.standard_normal((n, 3, 224, 224)).astype(np.float32)
+    noise = 0.1 * rng.standard_normal((n, 3, 224, 224)).astype(np.float32)
+    return np.repeat(np.repeat(small, 16, axis=2), 16, axis=3) + noise
 
 
 def test_modules_import_without_torch():
@@ -85,7 +86,7 @@ def test_every_tower_tensor_can_be_overridden(pinned):
 
 
 def test_precision_other_than_fp32_is_refused():
-    with pytest.raises(ValueError, match="int4"):
+    with pytest.raises(ValueError, match="int4.*fp32 or int8"):
         cr.derived_file("/nonexistent.onnx", SHA, precision="int4")
 
 
@@ -149,3 +150,77 @@ def test_a_file_that_is_not_a_graph_is_refused(tmp_path):
     bad.write_bytes(b"not a graph")
     with pytest.raises(ValueError, match="bad.onnx"):
         cr.ClipOnnxEncoder(bad)
+
+
+# --- INT8 -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8(pinned, cache):
+    return cr.load_clip_encoder(pinned, SHA, "int8", threads=2, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """Four real photos as CLIP crops (ImageNet samples from ../shared/data), or a skip."""
+    from conftest import SHARED_DATA
+
+    paths = sorted((SHARED_DATA / "imagenet-samples" / "real").glob("*"))[:40:10]
+    if len(paths) < 4:
+        pytest.skip("../shared/data/imagenet-samples is not beside this checkout")
+    from PIL import Image
+
+    mean = np.asarray((0.48145466, 0.4578275, 0.40821073), np.float32)[:, None, None]
+    std = np.asarray((0.26862954, 0.26130258, 0.27577711), np.float32)[:, None, None]
+    out = []
+    for path in paths:
+        image = Image.open(path).convert("RGB").resize((224, 224), Image.BICUBIC)
+        out.append((np.asarray(image, np.float32).transpose(2, 0, 1) / 255 - mean) / std)
+    return np.stack(out)
+
+
+def test_shipped_ranges_load_and_a_bad_file_is_refused(tmp_path):
+    ranges = cr.load_ranges()
+    assert len(ranges) == 36 and all(v.shape == (768,) and (v > 0).all() for v in ranges.values())
+    document = json.loads(cr.RANGES_FILE.read_text())
+    assert document["source_sha256"] == SHA and "camera-original" in document["calibration"]
+    del document["ranges"]["5.attn"]
+    bad = tmp_path / "ranges.json"
+    bad.write_text(json.dumps(document))
+    with pytest.raises(ClipGraphError, match="ranges.json"):
+        cr.load_ranges(bad)
+
+
+def test_smoothing_is_an_exact_rescale(pinned, encoder):
+    """The SmoothQuant rescale alone (no quantisation) leaves the float tower's output unchanged."""
+    import onnxruntime as ort
+
+    from diffsleuth.backbones.clip_weights import dequantised_state, smoothing_overrides
+
+    smoothed = float_graph(pinned, smoothing_overrides(dequantised_state(pinned), cr.load_ranges()))
+    session = ort.InferenceSession(smoothed.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = crops(2, seed=5)
+    reference = encoder.encode(x)
+    got = session.run(["image_embeds"], {"pixel_values": x})[0]
+    assert np.abs(got - reference).max() < 1e-3 * np.abs(reference).max()
+
+
+def test_int8_is_batch_independent_and_close_to_fp32(int8, encoder, photos):
+    assert "int8" in int8.path.name and int8.path.stat().st_size < 120e6
+    together = int8.encode(photos)
+    for i in (0, 3):
+        assert np.abs(int8.encode(photos[i:i + 1])[0] - together[i]).max() < 1e-4
+    reference = encoder.encode(photos)
+    cos = (together * reference).sum(1) / np.linalg.norm(together, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cos.min() >= 0.995, cos
+
+
+def test_int8_bakes_overrides_in(pinned, int8, tmp_path):
+    from diffsleuth.backbones.clip_weights import dequantised_state
+
+    projection = dequantised_state(pinned)["visual_projection.weight"]
+    tuned = cr.load_clip_encoder(pinned, SHA, "int8", {"visual_projection.weight": 2 * projection}, threads=2,
+                                 cache=tmp_path)
+    assert tuned.path.name != int8.path.name
+    x = crops(2, seed=7)
+    np.testing.assert_allclose(tuned.encode(x), 2 * int8.encode(x), rtol=1e-4, atol=1e-4)

@@ -11,8 +11,13 @@ The pinned file is a dynamically quantised graph whose embeddings depend on the 
   image's embedding is the same whatever else is in its batch (a float graph has no batch-wide
   activation scale), so images can be batched for throughput without changing any score.
 
-Only ``fp32`` is shipped: static INT8 variants of this tower did not reach the agreement bound the
-judge needs (cosine >= 0.995 to fp32 on every held-out crop; see ``docs/clip-tower.md``).
+Precisions: ``fp32`` (the reference) and ``int8``, about twice as fast on a CPU and still
+batch-independent: activations are quantised per token (each row its own scale, never the
+batch's), weights per output channel, after an exact SmoothQuant rescale whose input ranges were
+calibrated once on real photos and ship in :data:`RANGES_FILE`, so deriving needs no photos and
+is deterministic. Measured on 64 held-out crops (ImageNet photos, 32 generators' images; the
+ranges come from other photos): cosine to fp32 at least 0.9979 (mean 0.9991); the pinned dynamic
+graph, one image per call, reaches only 0.929 (mean 0.974).
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from diffsleuth.backbones.clip_weights import IMAGE, PROJECTION, checked_overrides, float_graph
+from diffsleuth.backbones.clip_weights import (HIDDEN, IMAGE, LAYERS, PROJECTION, RANGE_KEYS, ClipGraphError,
+                                               checked_overrides, float_graph, int8_graph)
 from diffsleuth.backbones.pypi_weights import cache_dir, resolve_file, sha256_of
 
 DERIVATION_VERSION = 1
 """Raised whenever :func:`derived_file` would write a different graph from the same inputs."""
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "int8")
+RANGES_FILE = Path(__file__).resolve().parents[1] / "configs" / "clip-int8-ranges.json"
+"""Per-channel max |activation| at the smoothed inputs, calibrated once (:func:`activation_ranges`)."""
 INPUT, OUTPUT = "pixel_values", "image_embeds"
 DEFAULT_MAX_BATCH = 16
 
@@ -47,6 +55,51 @@ def overrides_sha256(overrides: Mapping[str, np.ndarray] | None) -> str:
         digest.update(f"{name}:{value.shape}\n".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def load_ranges(path: str | os.PathLike = RANGES_FILE) -> dict[str, np.ndarray]:
+    """The calibrated input ranges (``"<layer>.<ln1|attn|ln2>"`` -> 768 positive floats), checked."""
+    try:
+        ranges = json.loads(Path(path).read_text())["ranges"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ClipGraphError(f"{path}: not a CLIP INT8 ranges file ({type(exc).__name__}: {exc})") from exc
+    expected = {f"{i}.{key}" for i in range(LAYERS) for key in RANGE_KEYS}
+    if not isinstance(ranges, dict) or set(ranges) != expected:
+        raise ClipGraphError(f"{path}: ranges for {sorted(expected)[:3]}... expected, got {sorted(ranges)[:3]}...")
+    out = {}
+    for key, values in ranges.items():
+        array = np.asarray(values, np.float32)
+        if array.shape != (HIDDEN,) or not (np.isfinite(array).all() and (array > 0).all()):
+            raise ClipGraphError(f"{path}: range {key!r} is not {HIDDEN} positive finite numbers")
+        out[key] = array
+    return out
+
+
+def activation_ranges(pinned: str | os.PathLike, batches, threads: int | None = None) -> dict[str, np.ndarray]:
+    """Per-channel max |x| over ``batches`` (CLIP-normalised ``(N, 3, 224, 224)`` arrays of real
+    photos) at each input :func:`~diffsleuth.backbones.clip_weights.smoothing_overrides` smooths:
+    how :data:`RANGES_FILE` was made (see its ``calibration`` entry)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = float_graph(pinned)
+    taps = {}
+    for node in model.graph.node:
+        parts = node.name.split(".")
+        if node.name.startswith("vision_model.encoder.layers.") and parts[-1] == "matmul":
+            key = {"q_proj": "ln1", "out_proj": "attn", "fc1": "ln2"}.get(parts[-2])
+            if key:
+                taps[f"{parts[3]}.{key}"] = node.input[0]
+    model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in taps.values())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ranges: dict[str, np.ndarray] = {}
+    for batch in batches:
+        outputs = session.run(list(taps.values()), {INPUT: np.ascontiguousarray(batch, np.float32)})
+        for key, value in zip(taps, outputs):
+            ranges[key] = np.maximum(ranges.get(key, 0), np.abs(value).reshape(-1, HIDDEN).max(0))
+    return ranges
 
 
 def _say(message: str) -> None:
@@ -85,16 +138,17 @@ def derived_file(source: str | os.PathLike, sha256: str | None, precision: str =
     lives in ``cache_dir(cache)/derived``; building it takes seconds and is said once on stderr.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: this runtime derives {', '.join(PRECISIONS)} "
-                         "(static INT8 of the tower does not meet the judge's agreement bound)")
+        raise ValueError(f"precision {precision!r}: this runtime derives {' or '.join(PRECISIONS)}")
     tuned = overrides_sha256(overrides)  # validates the overrides before anything is read or written
     pinned = resolve_file(source, sha256, cache)
     source_sha = sha256 or sha256_of(pinned)
     folder = cache_dir(cache) / "derived"
-    name = f"clip-vit-b16-{source_sha[:16]}-{precision}-{tuned[:16]}-v{DERIVATION_VERSION}.onnx"
+    ranges_sha = sha256_of(RANGES_FILE) if precision == "int8" else None
+    kind = f"int8-{ranges_sha[:8]}" if ranges_sha else precision
+    name = f"clip-vit-b16-{source_sha[:16]}-{kind}-{tuned[:16]}-v{DERIVATION_VERSION}.onnx"
     target, sidecar = folder / name, folder / f"{name}.json"
     expected = {"source_sha256": source_sha, "precision": precision, "overrides_sha256": tuned,
-                "derivation_version": DERIVATION_VERSION}
+                "ranges_sha256": ranges_sha, "derivation_version": DERIVATION_VERSION}
     if _sidecar_ok(target, sidecar, expected):
         return target
     import onnx
@@ -103,7 +157,8 @@ def derived_file(source: str | os.PathLike, sha256: str | None, precision: str =
     _say(f"deriving the {precision} CLIP graph {what}from {pinned.name}, once (seconds); kept in {folder}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        model = float_graph(pinned, overrides)
+        model = (int8_graph(pinned, load_ranges(), overrides) if precision == "int8"
+                 else float_graph(pinned, overrides))
         _write_atomic(target, lambda tmp: onnx.save_model(model, str(tmp)))
         record = {**expected, "sha256": sha256_of(target), "source": str(source)}
         _write_atomic(sidecar, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
@@ -160,7 +215,9 @@ class ClipOnnxEncoder:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         parts = [self.session.run([OUTPUT], {INPUT: batch[i:i + self.max_batch]})[0]
                  for i in range(0, len(batch), self.max_batch)]
-        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, self.out_dim), np.float32)
+        if not parts:
+            return np.zeros((0, self.out_dim), np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
     __call__ = encode
 
