@@ -5,12 +5,13 @@ synthetic images, written to a temporary folder), and for each runtime:
 
 - ``baseline``: the pinned dynamic-INT8 graph, one crop per onnxruntime call (today's scan);
 - ``fp32``: the derived float graph (:mod:`diffsleuth.backbones.clip_runtime`), batched;
+- ``int8``: the derived batch-independent INT8 graph (per-token activations, smoothed), batched;
 
 ``scan`` is :func:`diffsleuth.detectors.scanning.scan_paths` with the shipped default judge whose
 encoder is the runtime (decode, provenance, views, encoder, head: everything a scan does); ``floor``
 is the same files decoded in the same pool plus their crops encoded in one call, nothing else;
-``ratio`` = scan / floor. The head's scores are meaningless for the fp32 runtime until the judge is
-retrained on it: only the speed is measured.
+``ratio`` = scan / floor. The head's scores are meaningless for the new runtimes until the judge is
+retrained on them: only the speed is measured.
 
     .venv/bin/python benchmarks/scan_throughput.py --images 8 --threads 2 [--json]
 """
@@ -138,9 +139,10 @@ def main() -> None:
         raise SystemExit("the end-to-end scan still needs the torch judge (pip install '.[gpu]'), "
                          "until the torch-free judge runtime lands") from None
     pinned = ensure(CLIP_VIT_B16_INT8)
-    runtimes = {"baseline": baseline_encoder(pinned, args.threads),
-                "fp32": ClipOnnxEncoder(derived_file(CLIP_VIT_B16_INT8.source, CLIP_VIT_B16_INT8.sha256),
-                                        threads=args.threads).encode}
+    runtimes = {"baseline": baseline_encoder(pinned, args.threads)}
+    for precision in ("fp32", "int8"):
+        path = derived_file(CLIP_VIT_B16_INT8.source, CLIP_VIT_B16_INT8.sha256, precision)
+        runtimes[precision] = ClipOnnxEncoder(path, threads=args.threads).encode
     results = []
     with tempfile.TemporaryDirectory(prefix="diffsleuth-bench-") as folder:
         for side in args.sizes:

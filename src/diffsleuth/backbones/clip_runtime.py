@@ -35,7 +35,7 @@ from diffsleuth.backbones.clip_weights import (HIDDEN, IMAGE, LAYERS, PROJECTION
                                                checked_overrides, float_graph, int8_graph)
 from diffsleuth.backbones.pypi_weights import cache_dir, resolve_file, sha256_of
 
-DERIVATION_VERSION = 1
+DERIVATION_VERSION = 2
 """Raised whenever :func:`derived_file` would write a different graph from the same inputs."""
 PRECISIONS = ("fp32", "int8")
 RANGES_FILE = Path(__file__).resolve().parents[1] / "configs" / "clip-int8-ranges.json"

@@ -302,44 +302,57 @@ def smoothing_overrides(state: Mapping[str, np.ndarray], ranges: Mapping[str, np
     return out
 
 
-def _quantised_linear(p: str, x: str, y: str, weight: np.ndarray,
-                      shifted: bool) -> tuple[list, list, np.ndarray | None]:
-    """Nodes and initializers of ``y = x @ weight`` in INT8: the weight per output channel
-    (symmetric int8), ``x`` per token (each row's own scale, so an image never depends on its
-    batch-mates): symmetric around 128, or, ``shifted``, ``x + GELU_SHIFT`` over 0..255 (the shift's
-    product is returned, for the bias to take it back)."""
-    from onnx import TensorProto, helper, numpy_helper
+def _quantised_input(p: str, x: str, shifted: bool) -> tuple[list, str, str, str]:
+    """Nodes quantising activation ``x`` per token (each row its own scale, so an image never
+    depends on its batch-mates): symmetric around 128, or, ``shifted``, ``x + GELU_SHIFT`` over
+    0..255. Returns the nodes and the names of the uint8 tensor, its scales and its zero point."""
+    from onnx import TensorProto, helper
 
-    w_scale = (np.maximum(np.abs(weight).max(0), 1e-12) / 127).astype(np.float32)
-    w_int8 = np.clip(np.round(weight / w_scale), -127, 127).astype(np.int8)
-    inits = [numpy_helper.from_array(w_int8, f"{p}.weight_int8"), numpy_helper.from_array(w_scale, f"{p}.weight_scale")]
     node = helper.make_node
     if shifted:
         nodes = [node("Add", [x, "int8.shift"], [f"{p}.shifted"], name=f"{p}.shift"),
                  node("ReduceMax", [f"{p}.shifted"], [f"{p}.max"], axes=[-1], keepdims=1, name=f"{p}.max")]
         levels, zero, source = "int8.255", "int8.zero0", f"{p}.shifted"
-        correction = GELU_SHIFT * (w_int8 * w_scale).sum(0)
     else:
         nodes = [node("Abs", [x], [f"{p}.abs"], name=f"{p}.abs"),
                  node("ReduceMax", [f"{p}.abs"], [f"{p}.max"], axes=[-1], keepdims=1, name=f"{p}.max")]
-        levels, zero, source, correction = "int8.127", "int8.zero128", x, None
+        levels, zero, source = "int8.127", "int8.zero128", x
     nodes += [node("Max", [f"{p}.max", "int8.eps"], [f"{p}.range"], name=f"{p}.range"),
               node("Div", [f"{p}.range", levels], [f"{p}.scale"], name=f"{p}.scale"),
               node("Div", [source, f"{p}.scale"], [f"{p}.scaled"], name=f"{p}.scaled"),
               node("Round", [f"{p}.scaled"], [f"{p}.rounded"], name=f"{p}.round")]
     if not shifted:
         nodes.append(node("Add", [f"{p}.rounded", "int8.128"], [f"{p}.centred"], name=f"{p}.centre"))
-    nodes += [node("Cast", [nodes[-1].output[0]], [f"{p}.uint8"], to=TensorProto.UINT8, name=f"{p}.uint8"),
-              node("MatMulInteger", [f"{p}.uint8", f"{p}.weight_int8", zero], [f"{p}.int32"], name=f"{p}.matmul_int"),
-              node("Cast", [f"{p}.int32"], [f"{p}.float"], to=TensorProto.FLOAT, name=f"{p}.float"),
-              node("Mul", [f"{p}.float", f"{p}.scale"], [f"{p}.rescaled"], name=f"{p}.rescale"),
-              node("Mul", [f"{p}.rescaled", f"{p}.weight_scale"], [y], name=f"{p}.rescale_weight")]
-    return nodes, inits, correction
+    nodes.append(node("Cast", [nodes[-1].output[0]], [f"{p}.uint8"], to=TensorProto.UINT8, name=f"{p}.uint8"))
+    return nodes, f"{p}.uint8", f"{p}.scale", zero
+
+
+def _int8_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An (in, out) float weight as symmetric int8 with one scale per output channel."""
+    w_scale = (np.maximum(np.abs(weight).max(0), 1e-12) / 127).astype(np.float32)
+    return np.clip(np.round(weight / w_scale), -127, 127).astype(np.int8), w_scale
+
+
+def _int8_product(p: str, quantised: tuple[str, str, str], y: str, weight: np.ndarray) -> tuple[list, list]:
+    """Nodes and initializers of ``y = x @ weight`` from the quantised ``x``: the weight per output
+    channel (symmetric int8), an integer product, then both scales."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x_uint8, x_scale, zero = quantised
+    w_int8, w_scale = _int8_weight(weight)
+    inits = [numpy_helper.from_array(w_int8, f"{p}.weight_int8"), numpy_helper.from_array(w_scale, f"{p}.weight_scale")]
+    node = helper.make_node
+    nodes = [node("MatMulInteger", [x_uint8, f"{p}.weight_int8", zero], [f"{p}.int32"], name=f"{p}.matmul_int"),
+             node("Cast", [f"{p}.int32"], [f"{p}.float"], to=TensorProto.FLOAT, name=f"{p}.float"),
+             node("Mul", [f"{p}.float", x_scale], [f"{p}.rescaled"], name=f"{p}.rescale"),
+             node("Mul", [f"{p}.rescaled", f"{p}.weight_scale"], [y], name=f"{p}.rescale_weight")]
+    return nodes, inits
 
 
 def quantise_linears(model):
     """Every linear layer of the encoder blocks of a :func:`float_graph` in INT8 (in place; the
-    projection to 512 stays float): see :func:`_quantised_linear`. Returns ``model``."""
+    projection to 512 stays float): activations per token (:func:`_quantised_input`, once per
+    tensor), weights per output channel (:func:`_int8_product`). Returns ``model``."""
     import onnx
     from onnx import numpy_helper
 
@@ -349,7 +362,7 @@ def quantise_linears(model):
                  "int8.128": np.float32(128), "int8.eps": np.float32(1e-8), "int8.zero0": np.uint8(0),
                  "int8.zero128": np.uint8(128)}
     inits = [numpy_helper.from_array(np.array(v), k) for k, v in constants.items()]
-    nodes, dropped, corrections = [], set(), {}
+    nodes, dropped, corrections, inputs = [], set(), {}, {}
     for node in graph.node:
         module = node.name.removesuffix(".matmul")
         if node.op_type != "MatMul" or not (module.startswith("vision_model.encoder.layers.")
@@ -357,13 +370,18 @@ def quantise_linears(model):
             nodes.append(node)
             continue
         shifted = module.endswith("mlp.fc2")
+        if node.input[0] not in inputs:  # q, k and v read one input: quantised once
+            input_nodes, *quantised = _quantised_input(module, node.input[0], shifted)
+            nodes += input_nodes
+            inputs[node.input[0]] = tuple(quantised)
         weight = numpy_helper.to_array(arrays[node.input[1]])
-        new_nodes, new_inits, correction = _quantised_linear(module, node.input[0], node.output[0], weight, shifted)
-        nodes += new_nodes
-        inits += new_inits
+        product_nodes, product_inits = _int8_product(module, inputs[node.input[0]], node.output[0], weight)
+        nodes += product_nodes
+        inits += product_inits
         dropped.add(node.input[1])
-        if correction is not None:
-            corrections[f"{module}.bias"] = correction
+        if shifted:  # the shift's product, taken back by the bias
+            w_int8, w_scale = _int8_weight(weight)
+            corrections[f"{module}.bias"] = GELU_SHIFT * (w_int8 * w_scale).sum(0)
     kept = []
     for init in graph.initializer:
         if init.name in corrections:
