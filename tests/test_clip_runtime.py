@@ -212,7 +212,15 @@ def test_int8_is_batch_independent_and_close_to_fp32(int8, encoder, photos):
         assert np.abs(int8.encode(photos[i:i + 1])[0] - together[i]).max() < 1e-4
     reference = encoder.encode(photos)
     cos = (together * reference).sum(1) / np.linalg.norm(together, axis=1) / np.linalg.norm(reference, axis=1)
-    assert cos.min() >= 0.995, cos
+    assert cos.min() >= 0.999, cos  # measured 0.9996 at worst on 64 held-out crops
+
+
+def test_int8_needs_an_onnxruntime_with_8_bit_kernels(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "1.21.1")
+    with pytest.raises(ValueError, match=r"onnxruntime >= 1\.22.*1\.21\.1.*fp32"):
+        cr.derived_file("/nonexistent.onnx", SHA, precision="int8")
 
 
 def test_int8_bakes_overrides_in(pinned, int8, tmp_path):
