@@ -5,7 +5,7 @@ synthetic images, written to a temporary folder), and for each runtime:
 
 - ``baseline``: the pinned dynamic-INT8 graph, one crop per onnxruntime call (today's scan);
 - ``fp32``: the derived float graph (:mod:`diffsleuth.backbones.clip_runtime`), batched;
-- ``int8``: the derived batch-independent INT8 graph (per-token activations, smoothed), batched;
+- ``int8``: the derived batch-independent INT8 graph (8-bit blocks, smoothed), batched;
 
 ``scan`` is :func:`diffsleuth.detectors.scanning.scan_paths` with the shipped default judge whose
 encoder is the runtime (decode, provenance, views, encoder, head: everything a scan does); ``floor``
@@ -143,7 +143,7 @@ def main() -> None:
     for precision in ("fp32", "int8"):
         path = derived_file(CLIP_VIT_B16_INT8.source, CLIP_VIT_B16_INT8.sha256, precision)
         runtimes[precision] = ClipOnnxEncoder(path, threads=args.threads).encode
-    results = []
+    results, load_before = [], os.getloadavg()  # other work on the machine slows every number alike
     with tempfile.TemporaryDirectory(prefix="diffsleuth-bench-") as folder:
         for side in args.sizes:
             paths = write_photos(Path(folder), side, args.images)
@@ -157,7 +157,8 @@ def main() -> None:
                       f"({row['crops_per_image']} crops/img, encoder {row['crops_per_s']:.2f} crops/s)", flush=True)
     if args.json:
         report = {"machine": {"cpus": os.cpu_count(), "threads": args.threads, "workers": args.workers,
-                              "processor": platform.processor() or platform.machine()},
+                              "processor": platform.processor() or platform.machine(),
+                              "load_average_before": load_before, "load_average_after": os.getloadavg()},
                   "photos": "camera originals, resized" if PHOTOS.is_dir() else "synthetic", "results": results}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(report, indent=1) + "\n")
