@@ -47,6 +47,13 @@ def crops() -> torch.Tensor:
     return preprocess_batch([random_photo(i, (256, 240)) for i in range(8)], clip_preprocess())
 
 
+@pytest.fixture(scope="module")
+def embeds(tower, crops) -> torch.Tensor:
+    """The fp32 tower's embeddings of the first 2 crops, shared by the checks against it."""
+    with torch.no_grad():
+        return tower(crops[:2])
+
+
 def test_load_is_fp32_cpu_eval_and_untouched_has_no_overrides(tower):
     assert tower.dtype == torch.float32 and not tower.training
     assert {p.device.type for p in tower.parameters()} == {"cpu"}
@@ -68,14 +75,14 @@ def test_strict_mapping_names_the_tensor(state):
     assert "visual_projection.weight (768, 512) (expected (512, 768))" in refused(wrong)
 
 
-def test_matches_transformers(state, tower, crops):
+def test_matches_transformers(state, embeds, crops):
     transformers = pytest.importorskip("transformers")
     config = transformers.CLIPVisionConfig(patch_size=16, projection_dim=512, hidden_act="quick_gelu")
     reference = transformers.CLIPVisionModelWithProjection(config).eval()
     reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     with torch.no_grad():
         expected = reference(pixel_values=crops[:2]).image_embeds
-        got = tower(crops[:2])
+    got = embeds
     assert got.dtype == torch.float32 and got.shape == (2, 512)
     assert (got - expected).abs().max().item() < 1e-4
 
@@ -95,12 +102,12 @@ def test_bf16_on_cpu_agrees(state, tower, crops):
     assert F.cosine_similarity(got, expected).min().item() > 0.999
 
 
-@pytest.mark.parametrize("k", [0, 7, 12])
-def test_tail_of_tokens_is_forward(tower, crops, k):
+@pytest.mark.parametrize("k", [0, 7])
+def test_tail_of_tokens_is_forward(tower, crops, embeds, k):
     with torch.no_grad():
         tokens = tower.tokens(crops[:2], k)
         assert tokens.shape == (2, 197, 768)
-        assert torch.allclose(tower.tail(tokens, k), tower(crops[:2]), atol=1e-6, rtol=0)
+        assert torch.allclose(tower.tail(tokens, k), embeds, atol=1e-6, rtol=0)
 
 
 def test_bad_arguments_are_refused():
@@ -135,10 +142,10 @@ def test_train_last_blocks_and_lora_choose_the_trainable_tensors():
     assert {n for n, p in tower.named_parameters() if p.requires_grad} >= set(adapters)
 
 
-def test_lora_starts_as_the_identity(state, tower, crops):
+def test_lora_starts_as_the_identity(state, embeds, crops):
     tuned = add_lora(fresh(state))
     with torch.no_grad():
-        assert torch.equal(tuned(crops[:2]), tower(crops[:2]))
+        assert torch.equal(tuned(crops[:2]), embeds)
     assert state_overrides(tuned, reference=state) == {}
 
 
@@ -154,17 +161,18 @@ def test_last_block_overrides_name_what_changed(state):
 
 @pytest.fixture(scope="module")
 def lora_run(state, tower, crops):
-    """LoRA on the last block + a linear head, trained a few steps on cached block-11 tokens of 16 crops."""
-    x = torch.cat([crops, crops.flip(-1)])  # 16 crops
+    """LoRA on the last block + a linear head, trained a few steps on cached block-11 tokens: 8 crops'
+    and the same with their patch tokens reversed (16 inputs for the price of 8 crops)."""
     labels = torch.tensor([0.0, 1.0] * 8)
     with torch.no_grad():
-        tokens = tower.tokens(x, 11)
+        tokens = tower.tokens(crops, 11)
+    tokens = torch.cat([tokens, torch.cat([tokens[:, :1], tokens[:, 1:].flip(1)], dim=1)])
     tuned = add_lora(fresh(state), rank=8, alpha=16, blocks=[11])
     head = torch.nn.Linear(512, 1)
     params = [p for p in tuned.parameters() if p.requires_grad] + list(head.parameters())
     optimiser = torch.optim.Adam(params, lr=3e-3)
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         logits = head(F.normalize(tuned.tail(tokens, 11), dim=1)).squeeze(1)
         loss = F.binary_cross_entropy_with_logits(logits * 10, labels)
         optimiser.zero_grad()
@@ -176,7 +184,7 @@ def lora_run(state, tower, crops):
 
 def test_lora_and_head_loss_falls(lora_run):
     tuned, _, losses = lora_run
-    assert losses[-1] < losses[0]
+    assert losses[-1] < losses[0], losses
     saved = adapter_state_dict(tuned)
     assert set(saved) == {f"vision_model.encoder.layers.11.self_attn.{p}_proj.lora_{m}" for p in "qv" for m in "AB"}
     assert any(t.abs().max() > 0 for n, t in saved.items() if n.endswith("lora_B"))

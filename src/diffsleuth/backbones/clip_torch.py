@@ -134,7 +134,8 @@ class ClipVisionTower(nn.Module):
         in the tower's dtype: cache them for a frozen bottom, then train the top with :meth:`tail`."""
         _check_block(upto, "upto")
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, IMAGE, IMAGE):
-            raise ValueError(f"expected pixel_values of shape (B, 3, {IMAGE}, {IMAGE}), got {tuple(pixel_values.shape)}")
+            raise ValueError(f"expected pixel_values of shape (B, 3, {IMAGE}, {IMAGE}), "
+                             f"got {tuple(pixel_values.shape)}")
         weight = self.visual_projection.weight
         x = pixel_values.to(weight.device, weight.dtype)
         x = self.vision_model.pre_layrnorm(self.vision_model.embeddings(x))
@@ -302,8 +303,9 @@ def state_overrides(tower: ClipVisionTower, reference: Mapping[str, np.ndarray] 
         if isinstance(module, LoraLinear):
             weights[f"{name}.weight"] = module.merged_weight()
     if set(weights) != set(reference):
-        raise ClipStateError(f"reference does not name the tower's tensors (missing {sorted(set(weights) - set(reference))[:4]}, "
-                             f"unexpected {sorted(set(reference) - set(weights))[:4]})")
+        missing, unexpected = sorted(set(weights) - set(reference)), sorted(set(reference) - set(weights))
+        raise ClipStateError(f"reference does not name the tower's tensors (missing {missing[:4]}, "
+                             f"unexpected {unexpected[:4]})")
     overrides = {}
     for name, value in weights.items():
         array = value.cpu().numpy()
