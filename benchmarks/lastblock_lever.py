@@ -58,21 +58,15 @@ def last_block_state(model: JudgeConfig) -> dict[str, torch.Tensor]:
 
 def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads: int) -> None:
     """Cache (views, 1 + 2 x 197, 768) per image: the class token entering the last block, its keys, values."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
+    from diffsleuth.backbones.clip_torch import load_clip_tower
     from diffsleuth.detectors.judge.model import JudgeDetector
     from diffsleuth.io.decode import decode_image
     from diffsleuth.io.degrade import parse_degradation
     from diffsleuth.io.preprocess import normalize, to_tensor
 
     torch.set_num_threads(threads)
-    config = CLIPVisionConfig(hidden_size=WIDTH, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=HEADS,
-                              image_size=224, patch_size=16, projection_dim=512, hidden_act="quick_gelu")
-    tower = CLIPVisionModelWithProjection(config).eval()
-    tower.load_state_dict(last_block_state(model))
-    tower = tower.to(torch.bfloat16)
-    vision = tower.vision_model
-    block = vision.encoder.layers[LAST]
+    tower = load_clip_tower(model.backbone, model.backbone_sha256).to(torch.bfloat16)
+    block = tower.blocks[LAST]
 
     class _NoEncoder(nn.Module):
         out_dim = 512
@@ -89,10 +83,7 @@ def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads:
         views, _, _ = judge.views(degrade(decode_image(sample.record.path)))
         x = normalize(torch.stack([to_tensor(v) for v in views]), model.preprocess).to(torch.bfloat16)
         with torch.no_grad():
-            h = vision.pre_layrnorm(vision.embeddings(x))
-            for layer in vision.encoder.layers[:LAST]:
-                out = layer(h, None)
-                h = out[0] if isinstance(out, tuple) else out  # transformers < 5 returns a tuple
+            h = tower.tokens(x, LAST)
             normed = block.layer_norm1(h)
             kv = torch.cat([h[:, :1], block.self_attn.k_proj(normed), block.self_attn.v_proj(normed)], 1)
         cache.put(key, {"kv": kv.to(torch.float16)})
