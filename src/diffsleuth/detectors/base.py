@@ -193,7 +193,7 @@ class Detector(nn.Module, Predictor):
         """Load a saved folder or a shipped model name; see :func:`load_detector`."""
         from diffsleuth.detectors.registry import load_detector
 
-        model = load_detector(path_or_name, device=device, dtype=dtype)
+        model = load_detector(path_or_name, device=device, dtype=dtype, runtime="torch")
         if cls is not Detector and not isinstance(model, cls):
             raise WeightsError(f"{path_or_name}: holds a {model.name!r} detector, not {cls.name!r}")
         return model
