@@ -96,6 +96,11 @@ def test_scan_weights_predict_and_serve_never_import_torch(tmp_path):
         client = TestClient(create_app(model))
         response = client.post("/v1/scan", files=[("files", ("photo.png", (images / "photo.png").read_bytes(), "image/png"))])
         out["serve"] = [response.status_code, response.json()]
+
+        import uvicorn
+        uvicorn.Server.run = lambda self, sockets=None: print("serving", self.config.app)  # not forever
+        served = runner.invoke(app, ["serve", "--port", "0", "--threads", "1"])
+        out["serve_cli"] = [served.exit_code, served.output]
     """, str(images), str(tmp_path))
     code, lines = result["scan"]
     rows = {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line) for line in lines}
@@ -108,6 +113,7 @@ def test_scan_weights_predict_and_serve_never_import_torch(tmp_path):
     assert kind == "JudgeRuntime" and score == pytest.approx(rows["photo.png"]["score"], abs=1e-6) and verdict
     status, served = result["serve"]
     assert status == 200 and served[0]["score"] == rows["photo.png"]["score"]
+    assert result["serve_cli"][0] == 0 and "serving" in result["serve_cli"][1]  # `diffsleuth serve` got to run
 
 
 @pytest.fixture(scope="module")
