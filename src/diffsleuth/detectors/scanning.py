@@ -6,7 +6,9 @@ Each result also carries what the file's metadata says about its origin (see
 Memory is bounded by planning: every file's header is read first (:func:`probe_image`), and the
 files are decoded in groups whose decoded pixels stay under ``max_batch_pixels``; each decoded
 image is at once reduced to what the detector reads (:meth:`Detector.reduce_input`), so only
-model-sized images wait for the model.
+model-sized images wait for the model. With a thread pool the next group decodes while the
+current one is scored (groups of half the budget, at most one ahead, so decoding and the model
+overlap and the two groups together still stay within ``max_batch_pixels``).
 """
 
 from __future__ import annotations
@@ -163,16 +165,24 @@ def plan_groups(costs: Sequence[int], budget: int, batch_size: int) -> list[list
     return groups
 
 
-def score_sources(detector: Detector, names: Sequence[str], sources: Sequence[Source],
-                  limits: DecodeLimits = DecodeLimits(), batch_size: int = 32,
-                  pool: Executor | None = None,
-                  provenance: Sequence[Provenance | None] | None = None) -> list[ScanResult]:
-    """One result per source, in order, with at most ``limits.max_batch_pixels`` decoded at once.
+@dataclass
+class _Group:
+    """Sources of one planned group: ``indices`` into ``sources``; ``rows`` are shared by every
+    group of the same call (error rows from the headers already in), ``last`` closes that call."""
 
-    Headers are read first; a refused header is an error row without decoding. The rest are
-    decoded (in ``pool`` when given) group by group and reduced to what the detector reads.
-    """
-    run = pool.map if pool is not None else map
+    names: Sequence[str]
+    sources: Sequence[Source]
+    found: Sequence[Provenance | None]
+    rows: list[ScanResult | None]
+    indices: list[int]
+    cost: int  # decoded pixels, as the headers declare them
+    last: bool
+
+
+def _plan(names: Sequence[str], sources: Sequence[Source], found: Sequence[Provenance | None],
+          budget: int, batch_size: int, threshold: float, run: Callable, limits: DecodeLimits) -> list[_Group]:
+    """Headers read (in ``run``), refused ones made error rows, the rest grouped by decoded pixels
+    (``budget`` a group); always at least one group (an empty one when every header was refused)."""
 
     def probe(index: int) -> int | ImageDecodeError:
         try:
@@ -181,29 +191,78 @@ def score_sources(detector: Detector, names: Sequence[str], sources: Sequence[So
         except ImageDecodeError as exc:
             return exc
 
-    def prepare(index: int) -> Image.Image | ImageDecodeError:
-        decoded = decode_or_error(sources[index], name=names[index], limits=limits)
-        if isinstance(decoded, ImageDecodeError):
-            return decoded
-        try:
-            return detector.reduce_input(decoded)
-        except MemoryError:  # the decoded image is dropped here, so the next files still have room
-            return ImageDecodeError(names[index], "not enough memory to read and decode this image")
-
-    found = list(provenance) if provenance is not None else [None] * len(sources)
-    threshold = float(detector.config.threshold)
     probes = list(run(probe, range(len(sources))))
-    results: list[ScanResult | None] = [
+    rows: list[ScanResult | None] = [
         ScanResult(names[i], None, None, error=p.reason, threshold=threshold, provenance=found[i])
         if isinstance(p, ImageDecodeError) else None for i, p in enumerate(probes)]
     todo = [i for i, p in enumerate(probes) if not isinstance(p, ImageDecodeError)]
-    for group in plan_groups([probes[i] for i in todo], limits.max_batch_pixels, batch_size):
-        indices = [todo[g] for g in group]
-        decoded = list(run(prepare, indices))
-        scored = score_decoded(detector, [names[i] for i in indices], decoded, batch_size, [found[i] for i in indices])
-        for index, result in zip(indices, scored):
-            results[index] = result
-    return results  # type: ignore[return-value]
+    planned = plan_groups([probes[i] for i in todo], budget, batch_size) or [[]]
+    return [_Group(names, sources, found, rows, [todo[g] for g in group], sum(probes[todo[g]] for g in group),
+                   last=k == len(planned) - 1) for k, group in enumerate(planned)]
+
+
+def _prepare(detector: Detector, source: Source, name: str, limits: DecodeLimits) -> Image.Image | ImageDecodeError:
+    decoded = decode_or_error(source, name=name, limits=limits)
+    if isinstance(decoded, ImageDecodeError):
+        return decoded
+    try:
+        return detector.reduce_input(decoded)
+    except MemoryError:  # the decoded image is dropped here, so the next files still have room
+        return ImageDecodeError(name, "not enough memory to read and decode this image")
+
+
+def _start_decoding(detector: Detector, group: _Group, limits: DecodeLimits,
+                    pool: Executor | None) -> Callable[[], list]:
+    """Submit the group's decoding to ``pool`` now; the returned call waits for it, in order.
+    Without a pool nothing starts until the call (no overlap, one thread)."""
+    jobs = [(detector, group.sources[i], group.names[i], limits) for i in group.indices]
+    if pool is None:
+        return lambda: [_prepare(*job) for job in jobs]
+    futures = [pool.submit(_prepare, *job) for job in jobs]
+    return lambda: [future.result() for future in futures]
+
+
+def _score_groups(detector: Detector, groups: Iterator[_Group], limits: DecodeLimits, batch_size: int,
+                  pool: Executor | None) -> Iterator[_Group]:
+    """Each group, its rows filled in, in order. While a group is scored the next one decodes in
+    ``pool`` when the two together stay within ``max_batch_pixels`` (never more than one ahead);
+    otherwise it starts once this one is scored and its pixels are dropped."""
+    group = next(groups, None)
+    waiting = _start_decoding(detector, group, limits, pool) if group is not None else None
+    while group is not None and waiting is not None:
+        decoded = waiting()
+        following = next(groups, None)  # the next headers are read here, while the pool is idle
+        ahead = following is not None and group.cost + following.cost <= limits.max_batch_pixels
+        waiting = _start_decoding(detector, following, limits, pool) if ahead else None
+        scored = score_decoded(detector, [group.names[i] for i in group.indices], decoded, batch_size,
+                               [group.found[i] for i in group.indices])
+        del decoded
+        for index, result in zip(group.indices, scored):
+            group.rows[index] = result
+        if following is not None and not ahead:
+            waiting = _start_decoding(detector, following, limits, pool)
+        yield group
+        group = following
+
+
+def score_sources(detector: Detector, names: Sequence[str], sources: Sequence[Source],
+                  limits: DecodeLimits = DecodeLimits(), batch_size: int = 32,
+                  pool: Executor | None = None,
+                  provenance: Sequence[Provenance | None] | None = None) -> list[ScanResult]:
+    """One result per source, in order, with at most ``limits.max_batch_pixels`` decoded per group.
+
+    Headers are read first; a refused header is an error row without decoding. The rest are
+    decoded group by group and reduced to what the detector reads; with a ``pool`` the next
+    group decodes there while the current one is scored (groups of half the budget then, so the
+    two together stay within it).
+    """
+    found = list(provenance) if provenance is not None else [None] * len(sources)
+    budget = limits.max_batch_pixels // 2 if pool is not None else limits.max_batch_pixels
+    groups = _plan(names, sources, found, budget, batch_size, float(detector.config.threshold),
+                   pool.map if pool is not None else map, limits)
+    for _ in _score_groups(detector, iter(groups), limits, batch_size, pool):
+        pass
+    return groups[0].rows  # type: ignore[return-value]
 
 
 def scan_paths(
@@ -217,6 +276,9 @@ def scan_paths(
 ) -> Iterator[ScanResult]:
     """Yield one :class:`ScanResult` per path, in input order; ``on_progress(n)`` after each batch.
 
+    Files are decoded in a pool of ``workers`` threads, the next group while the current one is
+    scored (across batches too), so the model seldom waits for the decoder.
+
     With ``provenance`` each result carries what the file's metadata says (C2PA, generator
     settings, IPTC, EXIF), read from at most ``limits.max_bytes`` of the file.
     """
@@ -224,10 +286,18 @@ def scan_paths(
     def read(path: Path) -> Provenance | None:
         return read_provenance(path, max_bytes=limits.max_bytes) if provenance else None
 
+    threshold = float(detector.config.threshold)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = list(paths[start:start + batch_size])
-            found = list(pool.map(read, chunk))
-            yield from score_sources(detector, [str(p) for p in chunk], chunk, limits, batch_size, pool, found)
-            if on_progress is not None:
-                on_progress(len(chunk))
+
+        def planned() -> Iterator[_Group]:  # chunk by chunk, read only when the pipeline gets there
+            for start in range(0, len(paths), batch_size):
+                chunk = list(paths[start:start + batch_size])
+                found = list(pool.map(read, chunk))
+                yield from _plan([str(p) for p in chunk], chunk, found, limits.max_batch_pixels // 2, batch_size,
+                                 threshold, pool.map, limits)
+
+        for group in _score_groups(detector, planned(), limits, batch_size, pool):
+            if group.last:  # the chunk is complete: its rows, in order
+                yield from group.rows  # type: ignore[misc]
+                if on_progress is not None:
+                    on_progress(len(group.rows))
