@@ -1,7 +1,9 @@
 # Two entry points for newcomers: `make scan` and `make test`. Both create the virtual
 # environment and install what is missing first, so they work on a fresh machine.
 # A convenience over pip: `pip install '.[dev]'` (editable here) is all `make install` does;
-# see the README for `pip install .` with only the extras you need.
+# see the README for `pip install .` with only the extras you need. `make scan` needs only the
+# base install (no torch): on a fresh .venv it installs `pip install -e .`, and a .venv that
+# `make test` filled (.[dev], a superset) is used as it is. Both share .venv.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,22 +14,32 @@ DEMO_IMAGES := $(wildcard ../shared/data/camera-originals ../shared/data/multige
 IMAGES ?= $(DEMO_IMAGES)
 SCAN_OUTPUT ?= scan-results.csv
 
-.PHONY: scan test test-slow test-all install bench browser screenshot
+.PHONY: scan test test-slow test-all install install-base bench browser screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# .installed: the dev install (everything, for the tests); .installed-base: the base install
+# (no torch, for scanning). The dev install is a superset, so it marks both.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@ $(VENV)/.installed-base
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e .
 	touch $@
 
 # the pinned encoder weights live in the user cache: fetched once, verified (SHA-256) on every run
 install: $(VENV)/.installed
 	$(BIN)/diffsleuth weights fetch
 
+install-base: $(VENV)/.installed-base
+	$(BIN)/diffsleuth weights fetch
+
 ## scan: score every image under IMAGES with the shipped default detector (CSV to SCAN_OUTPUT)
-scan: install
+scan: install-base
 	@test -n "$(IMAGES)" || { echo "no images: run 'make scan IMAGES=\"photo.jpg folder/\"'"; exit 2; }
 	@if [ "$(IMAGES)" = "$(DEMO_IMAGES)" ]; then echo "no IMAGES given: scanning a demo the default detector" \
 	  "never trained on: camera photos (camera-originals) and its two held-out generator families" \

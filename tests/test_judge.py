@@ -269,7 +269,7 @@ def test_clip_encoder_is_external_and_not_saved(tiny_clip, tmp_path):
 @pytest.fixture(scope="module")
 def shipped():
     try:
-        return load_detector()
+        return load_detector(runtime="torch")  # the torch judge (tests/test_torch_free.py: the runtime)
     except WeightsError as exc:
         pytest.fail(f"the shipped default detector does not load: {exc}")
 

@@ -159,9 +159,10 @@ def crop_features(model: JudgeDetector, image: Image.Image) -> torch.Tensor:
     return model.encoder(normalize(torch.stack([to_tensor(c) for c in crops]), model.config.preprocess)).float()
 
 
-def test_domain_check_on_a_tiny_judge_flags_tiny_and_unlike_images(tiny_judge):
-    model = load_detector(tiny_judge)  # the centroids come back from model.safetensors (strict loader)
-    assert model.domain_centroids.shape == (4, 8) and float(model.domain_centroids.abs().sum()) > 0
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_domain_check_on_a_tiny_judge_flags_tiny_and_unlike_images(tiny_judge, runtime):
+    model = load_detector(tiny_judge, runtime=runtime)  # the centroids come back from model.safetensors (strict loader)
+    assert model.domain_centroids.shape == (4, 8) and float(np.abs(np.asarray(model.domain_centroids)).sum()) > 0
     assert "domain_distance" in row_columns(model)
     tiny, photo, flat = model.predict([random_photo(1, (16, 16)), random_photo(105, (256, 256)),
                                        Image.new("RGB", (256, 256), (255, 0, 255))], threshold=1.0)  # nothing at 1
@@ -176,7 +177,7 @@ def test_domain_check_on_a_tiny_judge_flags_tiny_and_unlike_images(tiny_judge):
 
 def test_photo_margin_flags_features_nearer_the_non_photos(tiny_judge):
     """score_features (what a scan runs after the encoder) on features placed between the references."""
-    model = load_detector(tiny_judge)
+    model = load_detector(tiny_judge, runtime="torch")
     near, far = model.domain_centroids[0], model.domain_outside[0]
     mixes = [torch.lerp(near, far, t)[None] for t in (0.0, 0.9, 1.0)]
     _, extras = model.score_features(mixes, [(256, 256)] * 3)

@@ -12,12 +12,13 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Detector": "diffsleuth.detectors.base",
-    "Prediction": "diffsleuth.detectors.base",
+    "Prediction": "diffsleuth.detectors.predicting",
     "load_detector": "diffsleuth.detectors.registry",
 }
 
 if TYPE_CHECKING:
-    from diffsleuth.detectors.base import Detector, Prediction
+    from diffsleuth.detectors.base import Detector
+    from diffsleuth.detectors.predicting import Prediction
     from diffsleuth.detectors.registry import load_detector
 
 

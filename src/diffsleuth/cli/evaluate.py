@@ -187,7 +187,8 @@ def eval_command(
             if detector and len(detector) > 1:
                 raise ValueError("give one --detector (several only with a matrix protocol)")
             detectors = {"": detector[0] if detector else None}
-        models = {key: load_detector(value, device=torch_device, dtype=dtype) for key, value in detectors.items()}
+        models = {key: load_detector(value, device=torch_device, dtype=dtype, runtime="torch")
+                  for key, value in detectors.items()}
     except (ValueError, KeyError) as exc:
         raise fail_usage(str(exc).strip("'\"")) from exc
     except (WeightsError, BackboneUnavailableError) as exc:

@@ -14,8 +14,7 @@ import typer
 from diffsleuth.cli.app import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, app, err_console, fail_usage
 from diffsleuth.cli.scan_output import (AtomicOutput, OutputFormat, OutputWriteError, RowStream, ScanOutputError,
                                         choose_format, output_problem, render, written_rows)
-from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
-from diffsleuth.cli.weights import configure_runtime
+from diffsleuth.cli.weights import Runtime, configure_runtime, is_loading_error, load_scoring_detector
 from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS, DecodeLimits, row_columns, scan_paths
 from diffsleuth.detectors.score_maps import write_map
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
@@ -86,15 +85,19 @@ def scan(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Skip inputs already in --output (csv or jsonl) and append the rest.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (anything but the CPU needs torch).")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
+    runtime: Annotated[Runtime, typer.Option(
+        help="auto: onnxruntime without torch where it can score the detector (the default judge on the CPU "
+             "in fp32), else torch; onnx or torch force one.")] = Runtime.auto,
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     max_bytes: Annotated[int, typer.Option(min=1, help="Refuse files larger than this many bytes, before reading them.")] = DEFAULT_MAX_BYTES,
     max_batch_pixels: Annotated[int, typer.Option(
         min=1, help="Decoded pixels in memory at once; a batch of large images is decoded in smaller groups.")] = DEFAULT_MAX_BATCH_PIXELS,
     summary: Annotated[bool, typer.Option("--summary", help="Print counts per label to stderr.")] = False,
     threads: Annotated[Optional[int], typer.Option(
-        min=1, help="CPU threads for the model (torch and onnxruntime) [default: torch's].")] = None,
+        min=1, help="CPU threads for the model (onnxruntime, and torch's) [default: every CPU; torch's own "
+                    "count when torch runs].")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(
         "--cache-dir", help="Cache of fetched weight files [default: $DIFFSLEUTH_CACHE, else ~/.cache/diffsleuth].")] = None,
     maps: Annotated[Optional[Path], typer.Option(
@@ -176,20 +179,15 @@ def scan(
         if not files:
             raise typer.Exit(EXIT_OK)
 
-    from diffsleuth.backbones.loading import BackboneUnavailableError
-    from diffsleuth.detectors.base import WeightsError  # torch: imported when a command runs, not for --help
-    from diffsleuth.detectors.registry import load_detector
-    from diffsleuth.devices import resolve_device, resolve_dtype
-
     configure_runtime(threads, cache_dir)
     try:
-        torch_device = resolve_device(device)
-        dtype = resolve_dtype(torch_device, precision)
-        model = load_detector(detector, device=torch_device, dtype=dtype, threshold=threshold)
-    except (ValueError, KeyError) as exc:
-        raise fail_usage(load_error_text(exc)) from exc
-    except (WeightsError, WeightsUnavailableError, BackboneUnavailableError) as exc:
-        raise fail_usage(str(exc)) from exc
+        model = load_scoring_detector(detector, device, precision, threshold, runtime.value)
+    except Exception as exc:  # noqa: BLE001 -- only the loading errors below become usage errors
+        if is_loading_error(exc):
+            raise fail_usage(str(exc)) from exc
+        if isinstance(exc, (ValueError, KeyError)):
+            raise fail_usage(load_error_text(exc)) from exc
+        raise
 
     columns = row_columns(model)
     if appending and fmt is OutputFormat.csv:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffsleuth.cli.app import app, fail_usage
+from diffsleuth.cli.weights import Runtime, configure_runtime, is_loading_error, load_scoring_detector
 from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS
 from diffsleuth.extras import require
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
@@ -23,8 +24,13 @@ def serve(
     detector: Annotated[Optional[str], typer.Option("--detector", "-d", help="Shipped name or detector folder.")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (anything but the CPU needs torch).")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    runtime: Annotated[Runtime, typer.Option(
+        help="auto: onnxruntime without torch where it can score the detector, else torch; onnx or torch force one.")]
+    = Runtime.auto,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="CPU threads for the model (onnxruntime, and torch's) [default: every CPU].")] = None,
     threshold: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="Label at this threshold (0..1) instead of the detector's stored one.")] = None,
     provenance: Annotated[bool, typer.Option(
@@ -58,10 +64,7 @@ def serve(
     import uvicorn
 
     from diffsleuth.server.app import create_app
-    from diffsleuth.backbones.pypi_weights import WeightsUnavailableError
-    from diffsleuth.detectors.base import WeightsError
-    from diffsleuth.detectors.registry import load_detector, resolve_detector_path
-    from diffsleuth.devices import resolve_device, resolve_dtype
+    from diffsleuth.detectors.registry import resolve_detector_path
 
     limits = ServiceLimits(
         max_request_bytes=max_request_bytes, max_file_bytes=max_file_bytes, max_files=max_files,
@@ -71,14 +74,15 @@ def serve(
         max_connections=max_connections, max_client_connections=max_client_connections,
         max_header_bytes=max_header_bytes)
     listener = _listen(host, port)  # before the model loads: a busy port is a usage error, found at once
+    configure_runtime(threads, None)
     try:
-        torch_device = resolve_device(device)
-        model = load_detector(detector, device=torch_device, dtype=resolve_dtype(torch_device, precision),
-                              threshold=threshold)
+        model = load_scoring_detector(detector, device, precision, threshold, runtime.value)
         card = resolve_detector_path(detector) / "MODEL_CARD.md"
-    except (ValueError, KeyError, WeightsError, WeightsUnavailableError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- only the loading errors become usage errors
         listener.close()
-        raise fail_usage(str(exc)) from exc
+        if is_loading_error(exc) or isinstance(exc, (ValueError, KeyError, ImportError)):
+            raise fail_usage(str(exc)) from exc
+        raise
     service = create_app(model, max_pixels=max_pixels, limits=limits, max_batch_pixels=max_batch_pixels,
                          model_card=card, provenance=provenance)
     shown = f"[{host}]" if ":" in host else host

@@ -8,8 +8,10 @@ SHA-256 it is pinned to.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -41,20 +43,39 @@ CacheOption = Annotated[Optional[Path], typer.Option(
                         "else ~/.cache/diffsleuth].")]
 
 
-def configure_runtime(threads: int | None, cache: Path | None) -> None:
-    """Apply ``--threads`` (torch's count, which the ONNX encoder also reads) and ``--cache-dir``
-    (exported as ``$DIFFSLEUTH_CACHE`` so every loader in this process and its workers sees it)."""
-    if threads is not None:
-        import torch
+class Runtime(str, enum.Enum):
+    """``--runtime``: see :data:`diffsleuth.detectors.registry.RUNTIMES`."""
 
-        torch.set_num_threads(threads)
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
+def is_loading_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says why a detector could not load (a usage error, not a crash): weights
+    missing or refused, or a backbone unavailable. The backbone error's module imports torch, so
+    it is looked up only when a torch loader already imported it."""
+    from diffsleuth.detectors.predicting import WeightsError
+
+    loading = sys.modules.get("diffsleuth.backbones.loading")
+    backbone = (getattr(loading, "BackboneUnavailableError"),) if loading is not None else ()
+    return isinstance(exc, (WeightsError, WeightsUnavailableError, *backbone))
+
+
+def configure_runtime(threads: int | None, cache: Path | None) -> None:
+    """Apply ``--threads`` (onnxruntime's count, and torch's when a torch model runs: importing torch
+    here would cost the torch-free scan a second) and ``--cache-dir`` (exported as
+    ``$DIFFSLEUTH_CACHE`` so every loader in this process and its workers sees it)."""
+    from diffsleuth.devices import set_cpu_threads
+
+    set_cpu_threads(threads)
     if cache is not None:
         os.environ["DIFFSLEUTH_CACHE"] = str(cache.expanduser())
 
 
 def detector_pins(folder: Path) -> list[PinnedFile]:
     """The ``pypi:`` files a saved detector's config names (``backbone`` + ``backbone_sha256``)."""
-    from diffsleuth.detectors.base import CONFIG_NAME  # torch: imported when a command runs, not for --help
+    from diffsleuth.detectors.predicting import CONFIG_NAME
 
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("config", {})
     source = config.get("backbone")
@@ -78,7 +99,7 @@ def fetch(
     cache: CacheOption = None,
 ) -> None:
     """Download the pinned weight files once; cached files with the right SHA-256 are kept."""
-    from diffsleuth.detectors.base import WeightsError
+    from diffsleuth.detectors.predicting import WeightsError
 
     try:
         pins = required_pins(detectors)
@@ -104,7 +125,7 @@ def fetch(
 @weights_app.command("list")
 def list_weights(cache: CacheOption = None) -> None:
     """What the cache holds: size and SHA-256 status of each file, and pinned files still missing."""
-    from diffsleuth.detectors.base import WeightsError
+    from diffsleuth.detectors.predicting import WeightsError
 
     try:
         pins = required_pins()
@@ -127,3 +148,28 @@ def list_weights(cache: CacheOption = None) -> None:
     for path, pin in by_path.items():
         if path not in files:
             typer.echo(f"{path.relative_to(root)}  missing  ({pin.source}; run `diffsleuth weights fetch`)")
+
+
+def load_scoring_detector(detector: str | None, device: str, precision: str, threshold: float | None,
+                          runtime: str) -> object:
+    """The detector ``scan`` and ``serve`` score with: the torch-free runtime where it can (a judge
+    with a frozen encoder on the CPU in fp32, ``--runtime auto``), else torch on ``device`` at
+    ``precision``. torch is imported only when it runs the model; without it, a device or runtime
+    that needs it is a usage error naming the ``gpu`` extra."""
+    from diffsleuth.detectors.registry import load_detector
+    from diffsleuth.devices import PRECISIONS, needs_torch, resolve_device, resolve_dtype
+    from diffsleuth.extras import require_torch
+
+    if precision.strip().lower() not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    if runtime == "torch" or needs_torch(device, precision):
+        if runtime == "onnx":
+            raise ValueError(f"--runtime onnx scores on the CPU in fp32 only, not --device {device} "
+                             f"--precision {precision}; use --runtime auto or torch")
+        why = ("--runtime torch" if runtime == "torch" else
+               f"--device {device}" if needs_torch(device) else f"--precision {precision}")
+        require_torch(f"scoring with {why}")
+        torch_device = resolve_device(device)
+        return load_detector(detector, device=torch_device, dtype=resolve_dtype(torch_device, precision),
+                             threshold=threshold, runtime=runtime)
+    return load_detector(detector, device="cpu", threshold=threshold, runtime=runtime)

@@ -1,7 +1,7 @@
 """Detector heads, their training recipes, and the registry that loads them by name.
 
 Names are imported on first use (PEP 562), so a light submodule (``detectors.scanning``) does not
-import torch through this package.
+import torch through this package; only ``Detector`` (an ``nn.Module``) needs torch.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    **dict.fromkeys(("Detector", "DetectorConfig", "Prediction", "WeightsError"), "diffsleuth.detectors.base"),
+    "Detector": "diffsleuth.detectors.base",
+    **dict.fromkeys(("DetectorConfig", "Prediction", "Predictor", "WeightsError"), "diffsleuth.detectors.predicting"),
+    "JudgeRuntime": "diffsleuth.detectors.judge.runtime",
     **dict.fromkeys(("available_detectors", "detector_class", "load_detector", "register_detector"),
                     "diffsleuth.detectors.registry"),
 }

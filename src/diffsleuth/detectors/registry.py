@@ -1,15 +1,27 @@
-"""Detectors by name: built-in classes load lazily, shipped weights resolve by name."""
+"""Detectors by name: built-in classes load lazily, shipped weights resolve by name.
+
+Importing this module does not import torch: :func:`load_detector` scores a judge with a frozen
+ONNX or CLIP encoder on the CPU with the torch-free :class:`~diffsleuth.detectors.judge.runtime.JudgeRuntime`
+and imports torch only for the detectors, devices and precisions that need it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from diffsleuth.detectors.base import CONFIG_NAME, Detector, WeightsError, check_threshold, read_meta
-from diffsleuth.settings import ConfigError
+from diffsleuth.detectors.predicting import CONFIG_NAME, WeightsError, check_threshold, read_meta
+from diffsleuth.devices import apply_torch_threads, needs_torch, set_cpu_threads
+from diffsleuth.extras import require_torch
 from diffsleuth.registry import LazyRegistry
+from diffsleuth.settings import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from diffsleuth.detectors.base import Detector
+    from diffsleuth.detectors.judge.runtime import JudgeRuntime
 
 _DETECTORS: LazyRegistry[type[Detector]] = LazyRegistry("detector", {
     "judge": "diffsleuth.detectors.judge.model",
@@ -60,21 +72,66 @@ def resolve_detector_path(path_or_name: str | os.PathLike | None) -> Path:
     )
 
 
+RUNTIMES = ("auto", "onnx", "torch")
+"""``auto``: the torch-free runtime where it can score the detector (a judge with a frozen ``onnx``
+or ``clip-vit-b16`` encoder, on the CPU in fp32), torch otherwise; ``onnx`` / ``torch`` force one."""
+
+
 def load_detector(path_or_name: str | os.PathLike | None = None,
                   device: torch.device | str = "cpu",
-                  dtype: torch.dtype | None = None, threshold: float | None = None) -> Detector:
+                  dtype: torch.dtype | None = None, threshold: float | None = None,
+                  runtime: str = "auto", threads: int | None = None) -> Detector | JudgeRuntime:
     """Load a detector from a saved folder or a shipped name; ``None`` gives the default detector.
 
-    ``threshold`` (0..1) replaces the stored decision threshold for this loaded copy.
+    ``threshold`` (0..1) replaces the stored decision threshold for this loaded copy. ``runtime``
+    is one of :data:`RUNTIMES`; the torch-free runtime gives the same scores (within 1e-5) without
+    importing torch. ``threads`` sets the CPU threads of onnxruntime (and torch's, for a torch
+    model). A torch detector without torch installed is a :class:`~diffsleuth.extras.MissingExtraError`
+    naming the extra to install.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     if threshold is not None:
         threshold = check_threshold(threshold)
+    if threads is not None:
+        set_cpu_threads(threads)
     folder = resolve_detector_path(path_or_name)
-    name = read_meta(folder / CONFIG_NAME)["detector"]
+    meta = read_meta(folder / CONFIG_NAME)
+    name = meta["detector"]
     if name not in _DETECTORS:
         raise ConfigError("detector", f"unknown detector {name!r} (known: {', '.join(available_detectors())})",
                           folder / CONFIG_NAME)
-    model = detector_class(name).from_folder(folder, device=device, dtype=dtype)
+    why_not = runtime_unsupported(name, meta["config"])
+    torch_device = needs_torch(device, dtype) if runtime != "torch" else True
+    if runtime == "onnx" and (why_not or torch_device):
+        raise ValueError(f"the onnx runtime cannot score {folder}: "
+                         f"{why_not or f'it runs on the CPU in fp32 only (device {device}, dtype {dtype})'}; "
+                         "use runtime 'torch' (pip install 'diffsleuth[gpu]') or 'auto'")
+    if not why_not and not torch_device:
+        from diffsleuth.detectors.judge.runtime import JudgeRuntime
+
+        model: Any = JudgeRuntime.from_folder(folder)
+    else:
+        purpose = (f"scoring on {device}" if torch_device and runtime != "torch" else
+                   f"the {name!r} detector in {folder.name}" + (f" ({why_not})" if why_not else ""))
+        require_torch(purpose)
+        apply_torch_threads()
+        model = detector_class(name).from_folder(folder, device=device, dtype=dtype)
     if threshold is not None:
         model.config.threshold = threshold
     return model
+
+
+def runtime_unsupported(name: str, config: dict) -> str | None:
+    """Why the torch-free runtime cannot score a saved detector (its ``config.json`` ``config``),
+    or None when it can."""
+    from diffsleuth.detectors.judge.runtime import RUNTIME_ENCODERS
+
+    if name != "judge":
+        return f"detector {name!r} scores with torch"
+    encoder = config.get("encoder", "cnn")
+    if encoder not in RUNTIME_ENCODERS:
+        return f"its {encoder!r} encoder runs in torch"
+    if config.get("front_end") not in (None, "none"):
+        return f"its {config.get('front_end')!r} front end runs in torch"
+    return None

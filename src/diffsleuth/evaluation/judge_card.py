@@ -86,7 +86,7 @@ def wallpapers() -> dict[str, Image.Image]:
 
 
 def evaluate(detector_dir: Path, cfg: JudgeTrainConfig) -> dict:
-    model = load_detector(detector_dir)
+    model = load_detector(detector_dir, runtime="torch")
     limit = cfg.model.max_short_side
     splits = usable_splits(cfg)
     train_records = repeat_families(splits["train"], cfg.family_repeats)

@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--write-card-metrics", action="store_true", help="store under verdict_rates in card_metrics.json")
     args = parser.parse_args()
     folder = resolve_detector_path(args.detector)
-    model = load_detector(args.detector)
+    model = load_detector(args.detector, runtime="torch")
     model.encoder.enable_memo(args.cache.parent / "embeddings")  # the synthetic inputs, encoded once
     holdout = HoldOut.from_training_config(training_config(folder))
     sets = {f"camera photos ({Path(root).name})": [s for s in gather_samples([root], HoldOut()) if s.record.label == 0]

@@ -1,15 +1,20 @@
 """The preprocessing a model was trained with, stored in its ``config.json``.
 
 Like timm's ``pretrained_cfg``: size, crop/resize policy and normalisation travel with the weights,
-so inference cannot drift from training.
+so inference cannot drift from training. Everything here is numpy and Pillow (the base install
+scores without torch); the torch tensor forms (:func:`to_tensor`, :func:`normalize`,
+:func:`preprocess_batch`) live in :mod:`diffsleuth.io.preprocess_torch` and are re-exported here
+on first use, so their old import path keeps working.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import importlib
+from typing import Any
+
 import numpy as np
-import torch
 from PIL import Image
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
@@ -101,19 +106,30 @@ def geometry(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return center_crop(image, cfg.size)
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """uint8 HWC RGB -> float CHW in [0, 1]."""
+def to_array(image: Image.Image) -> np.ndarray:
+    """uint8 HWC RGB -> float32 CHW in [0, 1] (what :func:`to_tensor` holds, as numpy)."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def normalize(batch: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
-    mean = torch.tensor(cfg.mean, dtype=batch.dtype, device=batch.device).view(-1, 3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=batch.dtype, device=batch.device).view(-1, 3, 1, 1)
+def normalize_array(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """(B, 3, H, W) float32 in [0, 1] -> normalised with ``cfg``'s mean/std, in float32 as
+    :func:`normalize` computes it, so both runtimes feed the encoder the same numbers."""
+    mean = np.asarray(cfg.mean, dtype=batch.dtype).reshape(-1, 3, 1, 1)
+    std = np.asarray(cfg.std, dtype=batch.dtype).reshape(-1, 3, 1, 1)
     return (batch - mean) / std
 
 
-def preprocess_batch(images: list[Image.Image], cfg: PreprocessConfig) -> torch.Tensor:
-    """Images -> normalised float32 batch (B, 3, size, size) on the CPU."""
-    batch = torch.stack([to_tensor(geometry(img, cfg)) for img in images])
-    return normalize(batch, cfg)
+def preprocess_array(images: list[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
+    """Images -> normalised float32 batch (B, 3, size, size), numpy."""
+    return normalize_array(np.stack([to_array(geometry(img, cfg)) for img in images]), cfg)
+
+
+_TORCH_FORMS = ("to_tensor", "normalize", "preprocess_batch")
+
+
+def __getattr__(name: str) -> Any:
+    """The torch forms, imported on first use (they need torch; the rest of this module does not)."""
+    if name in _TORCH_FORMS:
+        return getattr(importlib.import_module("diffsleuth.io.preprocess_torch"), name)
+    raise AttributeError(f"module 'diffsleuth.io.preprocess' has no attribute {name!r}")

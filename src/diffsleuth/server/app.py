@@ -13,13 +13,12 @@ same API.
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI, Request
 
 from diffsleuth import __version__
-from diffsleuth.detectors.base import Detector
 from diffsleuth.detectors.scanning import DEFAULT_MAX_BATCH_PIXELS, DecodeLimits, score_sources
 from diffsleuth.io.decode import DEFAULT_MAX_PIXELS
 from diffsleuth.provenance import read_provenance
@@ -28,7 +27,11 @@ from diffsleuth.server.pages import pages_router
 from diffsleuth.server.schema import ScanRow, scan_row
 from diffsleuth.server.uploads import MULTIPART_FILES_BODY, read_uploads
 
-def create_app(detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32,
+if TYPE_CHECKING:  # the torch Detector or the torch-free JudgeRuntime: the same surface
+    from diffsleuth.detectors.base import Detector
+
+
+def create_app(detector: "Detector", max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32,
                max_files: int | None = None, model_card: Path | None = None,
                max_request_bytes: int | None = None, provenance: bool = True, limits: ServiceLimits | None = None,
                max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS) -> FastAPI:

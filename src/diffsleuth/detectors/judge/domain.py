@@ -18,16 +18,21 @@ stays ``generated``, see :mod:`diffsleuth.verdict`):
 
 The centroids are stored in ``model.safetensors`` (buffers ``domain_centroids`` and
 ``domain_outside``); ``max_distance`` and ``min_margin`` are quantiles over real photos that are
-in neither reference and are not used to check the result (:func:`build_reference`).
+in neither reference and are not used to check the result (:func:`build_reference`). The
+functions on tensors import torch when called; :func:`nearest_distances` is the numpy form the
+torch-free runtime checks with.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # the torch forms below import it when called; the runtime's check is numpy
+    import torch
 
 
 @dataclass
@@ -67,8 +72,21 @@ def kmeans_centroids(embeddings: np.ndarray, k: int, seed: int = 0, iterations: 
     return centres.astype(np.float32)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length as ``F.normalize`` does (float32, norms floored at 1e-12)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+
+
+def nearest_distances(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """:func:`nearest_distance` in numpy (the torch-free runtime's domain check) -> (B,) float32."""
+    return np.float32(1.0) - (unit_rows(features) @ unit_rows(centroids).T).max(1)
+
+
 def nearest_distance(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Cosine distance of each feature (B, d) to its nearest centroid (k, d) -> (B,)."""
+    import torch.nn.functional as F
+
     sims = F.normalize(features.float(), dim=1) @ F.normalize(centroids.float(), dim=1).T
     return 1.0 - sims.max(1).values
 
@@ -103,6 +121,8 @@ def build_reference(reference: list[torch.Tensor], held_out: list[torch.Tensor],
     """Centroids of the ``reference`` crops' encoder features (one tensor per image) and the
     ``max_distance`` that passes ``quantile`` of the ``held_out`` images (real photos never in
     the reference)."""
+    import torch
+
     centroids = kmeans_centroids(torch.cat(reference).numpy(), k, seed)
     distances = image_distances(held_out, torch.from_numpy(centroids))
     return centroids, float(np.quantile(distances, quantile))
@@ -112,6 +132,8 @@ def build_outside(outside: list[torch.Tensor], centroids: np.ndarray, held_out: 
                   quantile: float, seed: int = 0) -> tuple[np.ndarray, float]:
     """Centroids of non-photo crops' features and the ``min_margin`` that passes ``quantile`` of
     the ``held_out`` real photos."""
+    import torch
+
     outside_centroids = kmeans_centroids(torch.cat(outside).numpy(), k, seed)
     margins = image_margins(held_out, torch.from_numpy(centroids), torch.from_numpy(outside_centroids))
     return outside_centroids, float(np.quantile(margins, 1.0 - quantile))
