@@ -232,3 +232,27 @@ def test_int8_bakes_overrides_in(pinned, int8, tmp_path):
     assert tuned.path.name != int8.path.name
     x = crops(2, seed=7)
     np.testing.assert_allclose(tuned.encode(x), 2 * int8.encode(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_tuned_torch_tower_runs_the_same_in_the_onnx_runtime(pinned, encoder, tmp_path):
+    """The contract with ``clip_torch``: its ``state_overrides`` baked into the derived graph give
+    the tuned tower's own outputs (LoRA on the last block, merged)."""
+    torch = pytest.importorskip("torch")
+    from diffsleuth.backbones.clip_torch import add_lora, load_clip_tower, state_overrides
+    from diffsleuth.backbones.clip_weights import dequantised_state
+
+    tower = add_lora(load_clip_tower(pinned, SHA), blocks=[11])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in tower.parameters():
+            if param.requires_grad:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    overrides = state_overrides(tower, reference=dequantised_state(pinned))
+    assert overrides and all(".layers.11." in name for name in overrides)
+    tuned = cr.load_clip_encoder(pinned, SHA, overrides=overrides, threads=2, cache=tmp_path)
+    x = crops(2, seed=11)
+    with torch.no_grad():
+        expected = tower(torch.from_numpy(x)).numpy()
+    got = tuned.encode(x)
+    assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
+    assert np.abs(encoder.encode(x) - expected).max() > 1e-2 * np.abs(expected).max()  # the tuning mattered
