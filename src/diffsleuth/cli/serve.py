@@ -25,7 +25,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (anything but the CPU needs torch).")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, fp16, bf16, or int8 (the default judge's encoder block-wise INT8 on the CPU; see scan --help).")] = "auto",
     runtime: Annotated[Runtime, typer.Option(
         help="auto: onnxruntime without torch where it can score the detector, else torch; onnx or torch force one.")]
     = Runtime.auto,

@@ -160,8 +160,13 @@ def load_scoring_detector(detector: str | None, device: str, precision: str, thr
     from diffsleuth.devices import PRECISIONS, needs_torch, resolve_device, resolve_dtype
     from diffsleuth.extras import require_torch
 
+    if precision.strip().lower() == "int8":
+        if runtime == "torch" or needs_torch(device):
+            raise ValueError("--precision int8 runs the default judge's encoder in onnxruntime on the CPU: "
+                             "use it with --device cpu and --runtime auto or onnx")
+        return load_detector(detector, device="cpu", threshold=threshold, runtime=runtime, encoder_precision="int8")
     if precision.strip().lower() not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)}, int8)")
     if runtime == "torch" or needs_torch(device, precision):
         if runtime == "onnx":
             raise ValueError(f"--runtime onnx scores on the CPU in fp32 only, not --device {device} "

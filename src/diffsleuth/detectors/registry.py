@@ -80,13 +80,16 @@ or ``clip-vit-b16`` encoder, on the CPU in fp32), torch otherwise; ``onnx`` / ``
 def load_detector(path_or_name: str | os.PathLike | None = None,
                   device: torch.device | str = "cpu",
                   dtype: torch.dtype | None = None, threshold: float | None = None,
-                  runtime: str = "auto", threads: int | None = None) -> Detector | JudgeRuntime:
+                  runtime: str = "auto", threads: int | None = None,
+                  encoder_precision: str = "fp32") -> Detector | JudgeRuntime:
     """Load a detector from a saved folder or a shipped name; ``None`` gives the default detector.
 
     ``threshold`` (0..1) replaces the stored decision threshold for this loaded copy. ``runtime``
     is one of :data:`RUNTIMES`; the torch-free runtime gives the same scores (within 1e-5) without
     importing torch. ``threads`` sets the CPU threads of onnxruntime (and torch's, for a torch
-    model). A torch detector without torch installed is a :class:`~diffsleuth.extras.MissingExtraError`
+    model). ``encoder_precision`` ``int8`` runs a CLIP judge's encoder block-wise INT8 in the
+    torch-free runtime (faster on a CPU; see :mod:`diffsleuth.backbones.clip_runtime` for how far its
+    scores move). A torch detector without torch installed is a :class:`~diffsleuth.extras.MissingExtraError`
     naming the extra to install.
     """
     if runtime not in RUNTIMES:
@@ -107,10 +110,13 @@ def load_detector(path_or_name: str | os.PathLike | None = None,
         raise ValueError(f"the onnx runtime cannot score {folder}: "
                          f"{why_not or f'it runs on the CPU in fp32 only (device {device}, dtype {dtype})'}; "
                          "use runtime 'torch' (pip install 'diffsleuth[gpu]') or 'auto'")
+    if encoder_precision != "fp32" and (why_not or torch_device):
+        raise ValueError(f"encoder precision {encoder_precision!r} is one of the torch-free runtime's, on the CPU: "
+                         f"{folder} {why_not or 'is to be scored with torch here'}")
     if not why_not and not torch_device:
         from diffsleuth.detectors.judge.runtime import JudgeRuntime
 
-        model: Any = JudgeRuntime.from_folder(folder)
+        model: Any = JudgeRuntime.from_folder(folder, precision=encoder_precision)
     else:
         purpose = (f"scoring on {device}" if torch_device and runtime != "torch" else
                    f"the {name!r} detector in {folder.name}" + (f" ({why_not})" if why_not else ""))
