@@ -37,8 +37,8 @@ from protocol_v3 import CAMERAS, CHECKS, DATA, FAKES, REALS, ROOTS, V2_SOURCES, 
 
 from diffsleuth.backbones.clip_weights import dequantised_state  # noqa: E402
 from diffsleuth.backbones.pypi_weights import resolve_file  # noqa: E402
-from diffsleuth.evaluation.feature_heads import (HeadOptions, _batches, _fit, mean_by_image, new_judge,  # noqa: E402
-                                                 row_weights)
+from diffsleuth.evaluation.feature_heads import (HeadOptions, _batches, _fit, judge_trainer, mean_by_image,  # noqa: E402
+                                                 new_judge, row_weights)
 from diffsleuth.detectors.judge.model import JudgeConfig, judge_loss, trace_similarity  # noqa: E402
 from diffsleuth.evaluation.heldout import HoldOut, gather_samples  # noqa: E402
 from diffsleuth.evaluation.loo_protocol import (Fold, FeatureSet, camera_makes, flagged_at_calibration,  # noqa: E402
@@ -142,18 +142,31 @@ class QueryBlock(nn.Module):
         return self.proj(self.post(h))
 
 
+def frozen_trainer(state: dict[str, torch.Tensor], opts: HeadOptions):
+    """The shipped recipe's judge head on the frozen tower's embeddings (the block run once per crop)."""
+    block, embedded = QueryBlock(state).eval(), {}
+
+    def embed(features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [block(f) for f in features]
+
+    def train(data: FeatureSet, mask: np.ndarray):
+        if id(data) not in embedded:
+            embedded[id(data)] = FeatureSet(embed(data.features), data.labels, data.sources, data.generators)
+        score = judge_trainer(opts)(embedded[id(data)], mask)
+        return lambda features: score(embed(features))
+    return train
+
+
 def lastblock_trainer(state: dict[str, torch.Tensor], opts: HeadOptions, block_lr: float):
-    """The judge head trained jointly with :class:`QueryBlock` (``block_lr``; 0 = frozen block)."""
+    """The judge head trained jointly with :class:`QueryBlock` at ``block_lr``."""
 
     def train(data: FeatureSet, mask: np.ndarray):
         rows, owner, labels = data.rows(mask)
         torch.manual_seed(opts.seed)
         block, head = QueryBlock(state), new_judge(dim=512)
-        params = [{"params": [p for n, p in head.named_parameters() if not n.startswith("encoder.")]}]
-        if block_lr > 0:
-            params.append({"params": list(block.parameters()), "lr": block_lr})
-        else:
-            block.requires_grad_(False)
+        params = [{"params": [p for n, p in head.named_parameters() if not n.startswith("encoder.")]},
+                  {"params": list(block.parameters()), "lr": block_lr}]
         total = max(1, len(rows) // opts.batch_size) * opts.epochs
         _fit(params, lambda x, y: judge_loss(head.embed_features(block(x)), y, head.traces)["loss"],
              _batches(rows, torch.as_tensor(labels), row_weights(data, owner, opts.balance), opts), total, opts)
@@ -168,12 +181,12 @@ def lastblock_trainer(state: dict[str, torch.Tensor], opts: HeadOptions, block_l
     return train
 
 
-def run(data: FeatureSet, trainer, sources: tuple[str, ...]) -> dict:
+def run(data: FeatureSet, trainer, sources: tuple[str, ...], fakes: Sequence[str], reals: Sequence[str]) -> dict:
     mask = np.isin(data.sources, sources)
-    out: dict = {"train_sources": list(sources)}
+    out: dict = {"train_sources": list(sources), "held_out_fakes": list(fakes), "held_out_reals": list(reals)}
     started = time.monotonic()
-    folds = {"grid": grid_folds(FAKES, REALS),
-             "pixart_kandinsky": [Fold(("pixart", "kandinsky"), r, "pixart_kandinsky") for r in REALS]}
+    folds = {"grid": grid_folds(fakes, reals),
+             "pixart_kandinsky": [Fold(("pixart", "kandinsky"), r, "pixart_kandinsky") for r in reals]}
     for section, fold_list in folds.items():
         results = [run_fold(data, fold, trainer, mask) for fold in fold_list]
         out[section] = summarise(results)
@@ -197,6 +210,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--block-lr", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fakes", default=",".join(FAKES), help="held-out families of the grid (all 11 by default)")
+    parser.add_argument("--reals", default=",".join(REALS), help="held-out real sources of the grid (all 8 by default)")
+    parser.add_argument("--lastblock-epochs", type=int, help="epochs of the lever (default: --epochs)")
     args = parser.parse_args()
     model = config_from_dict(JudgeConfig, load_json(args.config)["model"])
     roots = [str(Path(args.data) / r) for r in ROOTS]
@@ -207,12 +223,13 @@ def main() -> None:
     data = load_kv_set(roots, args.kv_cache)
     print(json.dumps({"images": len(data.labels), "skipped (not cached)": data.skipped}), flush=True)
     state = last_block_state(model)
-    opts = HeadOptions("judge", epochs=args.epochs)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name in args.variants.split(","):
-        lr = {"frozen": 0.0, "lastblock": args.block_lr}[name]
-        results[f"v2-judge-{name}"] = {**run(data, lastblock_trainer(state, opts, lr), V2_SOURCES),
-                                       "block_lr": lr, "epochs": args.epochs}
+        epochs = args.epochs if name == "frozen" else (args.lastblock_epochs or args.epochs)
+        opts = HeadOptions("judge", epochs=epochs)
+        trainer = frozen_trainer(state, opts) if name == "frozen" else lastblock_trainer(state, opts, args.block_lr)
+        results[f"v2-judge-{name}"] = {**run(data, trainer, V2_SOURCES, args.fakes.split(","), args.reals.split(",")),
+                                       "block_lr": 0.0 if name == "frozen" else args.block_lr, "epochs": epochs}
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}: {results[f'v2-judge-{name}']['seconds']} s", flush=True)
     print(table(results))
