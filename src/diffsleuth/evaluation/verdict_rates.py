@@ -75,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     folder = resolve_detector_path(args.detector)
     model = load_detector(args.detector, runtime="torch")
-    model.encoder.enable_memo(args.cache.parent / "embeddings")  # the synthetic inputs, encoded once
+    if hasattr(model.encoder, "enable_memo"):  # an ONNX encoder: the synthetic inputs, encoded once
+        model.encoder.enable_memo(args.cache.parent / "embeddings")
     holdout = HoldOut.from_training_config(training_config(folder))
     sets = {f"camera photos ({Path(root).name})": [s for s in gather_samples([root], HoldOut()) if s.record.label == 0]
             for root in args.camera}
