@@ -7,6 +7,8 @@ them, so ``from diffsleuth.detectors.judge.model import JudgeConfig`` keeps work
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -121,3 +123,16 @@ class JudgeCrops:
         if cfg.grid == "cover":
             return cover_views(image, cfg.preprocess, cfg.max_short_side)
         return fixed_views(image, cfg.preprocess, cfg.max_short_side, cfg.test_grid)
+
+    def crop_chunks(self, images: Sequence[Image.Image], shapes: list[tuple[int, int]]) -> Iterator[list[Image.Image]]:
+        """Every image's crops, in chunks of at most ``CROP_BATCH`` for the encoder; ``shapes``
+        receives each image's rows x cols as its crops are cut, so only a chunk is held at once."""
+        def stream() -> Iterator[Image.Image]:
+            for image in images:
+                crops, rows, cols = self.views(image)
+                shapes.append((rows, cols))
+                yield from crops
+
+        crops = stream()
+        while chunk := list(itertools.islice(crops, CROP_BATCH)):
+            yield chunk

@@ -11,8 +11,7 @@ same scores without torch in :mod:`diffsleuth.detectors.judge.runtime`.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -226,15 +225,8 @@ class JudgeDetector(JudgeCrops, Detector):
     def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[dict]]:
         """P(generated) from the mean trace similarity of each image's crops; see :meth:`score_features`."""
         shapes: list[tuple[int, int]] = []
-
-        def crop_stream() -> Iterator[Image.Image]:
-            for image in images:
-                crops, rows, cols = self.views(image)
-                shapes.append((rows, cols))
-                yield from crops
-
-        stream, features = crop_stream(), []
-        while chunk := list(itertools.islice(stream, CROP_BATCH)):
+        features = []
+        for chunk in self.crop_chunks(images, shapes):
             batch = normalize(torch.stack([to_tensor(c) for c in chunk]), self.config.preprocess)
             features.append(self.encoder(self.front_end(batch.to(self.device, self.dtype))).float())
         per_image = torch.cat(features).split([rows * cols for rows, cols in shapes])

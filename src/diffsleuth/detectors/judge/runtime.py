@@ -12,16 +12,15 @@ equal the torch judge's within 1e-5 on the same encoder outputs (``tests/test_to
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from PIL import Image
 
-from diffsleuth.detectors.judge.config import CROP_BATCH, JudgeConfig, JudgeCrops
+from diffsleuth.detectors.judge.config import JudgeConfig, JudgeCrops
 from diffsleuth.detectors.judge.domain import nearest_distances, outside_reason, unit_rows
 from diffsleuth.detectors.predicting import (CONFIG_NAME, WEIGHTS_NAME, Predictor, WeightsError, read_meta,
                                              read_safetensors_numpy)
@@ -160,16 +159,7 @@ class JudgeRuntime(JudgeCrops, Predictor):
     def score_images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[dict]]:
         """P(generated) from the mean trace similarity of each image's crops; see :meth:`score_features`."""
         shapes: list[tuple[int, int]] = []
-
-        def crop_stream() -> Iterator[Image.Image]:
-            for image in images:
-                crops, rows, cols = self.views(image)
-                shapes.append((rows, cols))
-                yield from crops
-
-        stream, features = crop_stream(), []
-        while chunk := list(itertools.islice(stream, CROP_BATCH)):
-            features.append(self.encode_crops(chunk))
+        features = [self.encode_crops(chunk) for chunk in self.crop_chunks(images, shapes)]
         counts = np.cumsum([rows * cols for rows, cols in shapes])[:-1]
         per_image = np.split(np.concatenate(features), counts)
         return self.score_features(per_image, [image.size for image in images], shapes)
