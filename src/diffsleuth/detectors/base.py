@@ -114,6 +114,12 @@ class Detector(nn.Module, Predictor):
             return super().__call__(*args, **kwargs)
         return self.predict_call(*args, **kwargs)
 
+    def trained_parameters(self) -> int:
+        """Parameters the detector's own weights hold; a frozen backbone loaded from elsewhere
+        (``external_modules``) is not counted."""
+        skip = tuple(f"{m}." for m in self.external_modules)
+        return sum(p.numel() for name, p in self.named_parameters() if not name.startswith(skip))
+
     def weights_state_dict(self) -> dict[str, torch.Tensor]:
         skip = tuple(f"{m}." for m in self.external_modules)
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()

@@ -65,12 +65,6 @@ class HistogramBaseline:
         return self.model.predict_proba(np.stack([colour_histogram(img) for img in images]))[:, 1]
 
 
-def trained_parameters(detector: Detector) -> int:
-    """Parameters the detector's own weights hold: a frozen backbone loaded from elsewhere is not counted."""
-    skip = tuple(f"{name}." for name in getattr(detector, "external_modules", ()))
-    return sum(p.numel() for name, p in detector.named_parameters() if not name.startswith(skip))
-
-
 def training_config(folder: Path | None) -> dict:
     """The logged training config of a detector folder (empty when it has none)."""
     if folder is None or not (folder / TRAINING_LOG).is_file():
@@ -149,7 +143,7 @@ def evaluate_card(detector: Detector, folder: Path | None, data: Sequence[str], 
     baseline = fit_baseline(samples)
     threshold = float(detector.config.threshold)
     report: dict = {"detector": detector.name, "threshold": threshold,
-                    "parameters": trained_parameters(detector),
+                    "parameters": detector.trained_parameters(),
                     "operating_point": getattr(detector.config, "operating_point", None),
                     "data": list(data), "roles": list(roles), "degradations": list(degradations),
                     "max_per_source": max_per_source,

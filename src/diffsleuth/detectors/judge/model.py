@@ -268,4 +268,5 @@ class JudgeDetector(JudgeCrops, Detector):
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """A detector's own parameters (:meth:`Detector.trained_parameters`), else every parameter."""
+    return model.trained_parameters() if isinstance(model, Detector) else sum(p.numel() for p in model.parameters())
