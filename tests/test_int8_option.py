@@ -26,3 +26,11 @@ def test_int8_precision_of_a_torch_detector_is_refused(tmp_path):
     toy = saved_toy(tmp_path / "toy")
     with pytest.raises(ValueError, match="torch-free runtime"):
         load_detector(toy, encoder_precision="int8")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_onnx_runtime_in_half_precision_is_a_usage_error(tmp_path, precision):
+    image = next(iter(write_good_files(tmp_path / "img").values()))
+    result = runner.invoke(app, ["scan", str(image), "--runtime", "onnx", "--precision", precision])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "--runtime onnx" in result.output and precision in result.output

@@ -220,6 +220,31 @@ def test_threads_sets_each_actors_torch_threads(monkeypatch):
     assert calls == [3]
 
 
+def test_runtime_and_int8_reach_each_actors_loader(monkeypatch):
+    import torch
+
+    from diffsleuth.cli.scan_ray import actor_settings
+    from diffsleuth.distributed import ray_scan
+
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(ray_scan, "load_detector", lambda *a, **k: seen.append(k))
+    monkeypatch.setattr(ray_scan, "row_columns", lambda model: [])
+    ray_scan.ScoreImages(actor_settings(runtime="onnx", precision="int8", threads=1))
+    ray_scan.ScoreImages(actor_settings(threads=1))
+    assert [(k["runtime"], k["encoder_precision"], k["dtype"]) for k in seen] == [
+        ("onnx", "int8", torch.float32), ("auto", "fp32", torch.float32)]
+
+
+@pytest.mark.parametrize("options", [["--precision", "int8", "--gpus-per-actor", "1"],
+                                     ["--runtime", "onnx", "--gpus-per-actor", "0.5"],
+                                     ["--precision", "int8", "--runtime", "torch"]])
+def test_a_cpu_only_runtime_on_gpu_actors_is_refused_before_ray_starts(mixed, tmp_path, options):
+    result = runner.invoke(app, ["scan", "--ray", str(mixed), "--output", str(tmp_path / "rows"), *options])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "on the CPU" in said(result) and not (tmp_path / "rows").exists()
+
+
 def test_max_batch_pixels_bounds_each_decoded_group(mixed, monkeypatch):
     import torch
 

@@ -86,7 +86,7 @@ def scan(
         "--resume", help="Skip inputs already in --output (csv or jsonl) and append the rest.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (anything but the CPU needs torch).")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16, or int8 (the default judge's encoder block-wise INT8 in onnxruntime on the CPU: about 1.4x faster, scores within about 0.01 of fp32; needs onnxruntime >= 1.22).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16, or int8 (the default judge's encoder block-wise INT8 in onnxruntime on the CPU: about 1.3x faster, but scores move by up to about 0.04 from fp32's; needs onnxruntime >= 1.22).")] = "auto",
     runtime: Annotated[Runtime, typer.Option(
         help="auto: onnxruntime without torch where it can score the detector (the default judge on the CPU "
              "in fp32), else torch; onnx or torch force one.")] = Runtime.auto,
@@ -156,7 +156,7 @@ def scan(
         raise run_ray_scan(paths, output, (fmt or OutputFormat.table).value, resume, address, actors, cpus_per_actor,
                            summary,
                            dict(detector=detector, gpus_per_actor=gpus_per_actor, precision=precision,
-                                batch_size=batch_size, max_pixels=max_pixels, max_bytes=max_bytes,
+                                runtime=runtime.value, batch_size=batch_size, max_pixels=max_pixels, max_bytes=max_bytes,
                                 max_batch_pixels=max_batch_pixels, threshold=threshold, threads=threads,
                                 cache_dir=cache_dir, provenance=provenance, maps=maps))
     try:

@@ -156,21 +156,17 @@ def load_scoring_detector(detector: str | None, device: str, precision: str, thr
     with a frozen encoder on the CPU in fp32, ``--runtime auto``), else torch on ``device`` at
     ``precision``. torch is imported only when it runs the model; without it, a device or runtime
     that needs it is a usage error naming the ``gpu`` extra."""
-    from diffsleuth.detectors.registry import load_detector
+    from diffsleuth.detectors.registry import check_scoring_choice, load_detector
     from diffsleuth.devices import PRECISIONS, needs_torch, resolve_device, resolve_dtype
     from diffsleuth.extras import require_torch
 
-    if precision.strip().lower() == "int8":
-        if runtime == "torch" or needs_torch(device):
-            raise ValueError("--precision int8 runs the default judge's encoder in onnxruntime on the CPU: "
-                             "use it with --device cpu and --runtime auto or onnx")
-        return load_detector(detector, device="cpu", threshold=threshold, runtime=runtime, encoder_precision="int8")
-    if precision.strip().lower() not in PRECISIONS:
+    text = precision.strip().lower()
+    if text not in (*PRECISIONS, "int8"):
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)}, int8)")
+    check_scoring_choice(precision, runtime, f"--device {device}" if needs_torch(device) else None, "--device cpu")
+    if text == "int8":
+        return load_detector(detector, device="cpu", threshold=threshold, runtime=runtime, encoder_precision="int8")
     if runtime == "torch" or needs_torch(device, precision):
-        if runtime == "onnx":
-            raise ValueError(f"--runtime onnx scores on the CPU in fp32 only, not --device {device} "
-                             f"--precision {precision}; use --runtime auto or torch")
         why = ("--runtime torch" if runtime == "torch" else
                f"--device {device}" if needs_torch(device) else f"--precision {precision}")
         require_torch(f"scoring with {why}")

@@ -77,6 +77,22 @@ RUNTIMES = ("auto", "onnx", "torch")
 or ``clip-vit-b16`` encoder, on the CPU in fp32), torch otherwise; ``onnx`` / ``torch`` force one."""
 
 
+def check_scoring_choice(precision: str, runtime: str, off_cpu: str | None, cpu_option: str) -> None:
+    """Refuse, before any model loads, a precision and runtime that cannot score together: INT8 and
+    the onnx runtime run on the CPU in onnxruntime only. ``off_cpu`` names the option that moves
+    scoring off the CPU (``--device cuda``, ``--gpus-per-actor 1``), None on the CPU; ``cpu_option``
+    is the one that keeps it there, for the message."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    text = precision.strip().lower()
+    if text == "int8" and (runtime == "torch" or off_cpu):
+        raise ValueError(f"--precision int8 runs the default judge's encoder in onnxruntime on the CPU, not with "
+                         f"{off_cpu or '--runtime torch'}: use it with {cpu_option} and --runtime auto or onnx")
+    if runtime == "onnx" and (off_cpu or text not in ("auto", "fp32", "int8")):
+        raise ValueError(f"--runtime onnx scores on the CPU in fp32 (or int8) only, not with "
+                         f"{off_cpu or f'--precision {precision}'}; use --runtime auto or torch")
+
+
 def load_detector(path_or_name: str | os.PathLike | None = None,
                   device: torch.device | str = "cpu",
                   dtype: torch.dtype | None = None, threshold: float | None = None,

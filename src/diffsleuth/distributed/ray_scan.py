@@ -16,7 +16,7 @@ from typing import Any
 import ray
 import torch
 
-from diffsleuth.detectors.registry import load_detector
+from diffsleuth.detectors.registry import check_scoring_choice, load_detector
 from diffsleuth.detectors.scanning import DecodeLimits, row_columns, score_sources
 from diffsleuth.devices import resolve_dtype
 from diffsleuth.distributed.ray_common import (actor_device, default_actors, is_uri, limit_torch_threads,
@@ -38,6 +38,9 @@ class ActorSettings:
     detector: str | None = None
     gpus_per_actor: float = 0.0
     precision: str = "auto"
+    """As ``scan --precision``: ``int8`` runs the default judge's encoder INT8 in onnxruntime (CPU actors)."""
+    runtime: str = "auto"
+    """As ``scan --runtime``: ``auto`` scores the default judge without torch on CPU actors."""
     batch_size: int = 32
     limits: DecodeLimits = DecodeLimits()
     threshold: float | None = None
@@ -51,7 +54,11 @@ class ActorSettings:
     """A folder every node sees: the actors write each scored image's overlay there (``--maps``)."""
 
     def __post_init__(self) -> None:
-        resolve_dtype(self.device, self.precision)  # a bad precision fails on the driver, not in every actor
+        # A bad precision or runtime fails on the driver, not in every actor.
+        off_cpu = f"--gpus-per-actor {self.gpus_per_actor:g}" if self.gpus_per_actor > 0 else None
+        check_scoring_choice(self.precision, self.runtime, off_cpu, "--gpus-per-actor 0")
+        if not self.int8:
+            resolve_dtype(self.device, self.precision)
         if self.maps is not None and is_uri(self.maps):
             raise ValueError(f"--maps writes PNG files into a folder on a file system every node sees, "
                              f"not to a URI ({self.maps})")
@@ -61,8 +68,12 @@ class ActorSettings:
         return actor_device(self.gpus_per_actor)
 
     @property
+    def int8(self) -> bool:
+        return self.precision.strip().lower() == "int8"
+
+    @property
     def dtype(self) -> torch.dtype:
-        return resolve_dtype(self.device, self.precision)
+        return torch.float32 if self.int8 else resolve_dtype(self.device, self.precision)
 
 
 class ScoreImages:
@@ -73,7 +84,8 @@ class ScoreImages:
         if settings.cache_dir is not None:
             os.environ["DIFFSLEUTH_CACHE"] = settings.cache_dir
         self.model = load_detector(settings.detector, device=settings.device, dtype=settings.dtype,
-                                   threshold=settings.threshold)
+                                   threshold=settings.threshold, runtime=settings.runtime,
+                                   encoder_precision="int8" if settings.int8 else "fp32")
         self.settings = settings
         self.columns = row_columns(self.model)
 
