@@ -46,9 +46,13 @@ from diffsleuth.evaluation.loo_protocol import (Fold, FeatureSet, camera_makes, 
 from diffsleuth.features.cache import FeatureCache, content_hash  # noqa: E402
 from diffsleuth.settings import config_from_dict, load_json  # noqa: E402
 
+TRAIN_SETS = {"v2": V2_SOURCES, "v2+camera": (*V2_SOURCES, *CAMERAS)}
 LAST = 11
 TOKENS, WIDTH, HEADS = 197, 768, 12
 KV_KEY = {"kind": "clip-vit-b16 last-block keys/values", "block": LAST, "degradation": "jpeg:90"}
+# The tower runs in bf16 where the CPU has bf16 kernels and in fp32 where it has none (bf16 was
+# 7.5x slower than fp32 on an AVX2-only CPU); the cache key says which, so the two never mix.
+EXTRACT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def last_block_state(model: JudgeConfig) -> dict[str, torch.Tensor]:
@@ -56,7 +60,11 @@ def last_block_state(model: JudgeConfig) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in state.items()}
 
 
-def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads: int) -> None:
+def kv_key(precision: str) -> dict:
+    return {**KV_KEY, "precision": precision}
+
+
+def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads: int, precision: str) -> None:
     """Cache (views, 1 + 2 x 197, 768) per image: the class token entering the last block, its keys, values."""
     from diffsleuth.backbones.clip_torch import load_clip_tower
     from diffsleuth.detectors.judge.model import JudgeDetector
@@ -65,14 +73,15 @@ def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads:
     from diffsleuth.io.preprocess import normalize, to_tensor
 
     torch.set_num_threads(threads)
-    tower = load_clip_tower(model.backbone, model.backbone_sha256).to(torch.bfloat16)
+    dtype = EXTRACT_DTYPES[precision]
+    tower = load_clip_tower(model.backbone, model.backbone_sha256).to(dtype)
     block = tower.blocks[LAST]
 
     class _NoEncoder(nn.Module):
         out_dim = 512
 
     judge = JudgeDetector(model, encoder=_NoEncoder())
-    cache = FeatureCache(cache_root, KV_KEY)
+    cache = FeatureCache(cache_root, kv_key(precision))
     degrade = parse_degradation("jpeg:90")
     samples = [s for root in roots for s in gather_samples([root], HoldOut())]
     started = time.monotonic()
@@ -81,7 +90,7 @@ def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads:
         if key in cache:
             continue
         views, _, _ = judge.views(degrade(decode_image(sample.record.path)))
-        x = normalize(torch.stack([to_tensor(v) for v in views]), model.preprocess).to(torch.bfloat16)
+        x = normalize(torch.stack([to_tensor(v) for v in views]), model.preprocess).to(dtype)
         with torch.no_grad():
             h = tower.tokens(x, LAST)
             normed = block.layer_norm1(h)
@@ -91,9 +100,9 @@ def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads:
             print(f"{n}/{len(samples)} images, {time.monotonic() - started:.0f} s", flush=True)
 
 
-def load_kv_set(roots: Sequence[str], cache_root: Path) -> FeatureSet:
+def load_kv_set(roots: Sequence[str], cache_root: Path, precision: str) -> FeatureSet:
     """The protocol's FeatureSet, each image's 'features' its cached keys/values (in load_feature_set's order)."""
-    cache = FeatureCache(cache_root, KV_KEY)
+    cache = FeatureCache(cache_root, kv_key(precision))
     feats, labels, sources, generators, skipped = [], [], [], [], 0
     for root in roots:
         makes = camera_makes(root)
@@ -213,14 +222,18 @@ def main() -> None:
     parser.add_argument("--fakes", default=",".join(FAKES), help="held-out families of the grid (all 11 by default)")
     parser.add_argument("--reals", default=",".join(REALS), help="held-out real sources of the grid (all 8 by default)")
     parser.add_argument("--lastblock-epochs", type=int, help="epochs of the lever (default: --epochs)")
+    parser.add_argument("--extract-precision", choices=sorted(EXTRACT_DTYPES), default="bf16",
+                        help="the tower precision of the cached keys/values (fp32 on CPUs without bf16 kernels)")
+    parser.add_argument("--train", choices=sorted(TRAIN_SETS), default="v2",
+                        help="training sources: v2's, or v2's plus the camera originals (the protocol's best frozen recipe)")
     args = parser.parse_args()
     model = config_from_dict(JudgeConfig, load_json(args.config)["model"])
     roots = [str(Path(args.data) / r) for r in ROOTS]
     if args.extract:
-        extract(model, roots, args.kv_cache, args.threads)
+        extract(model, roots, args.kv_cache, args.threads, args.extract_precision)
         return
     torch.set_num_threads(args.threads)
-    data = load_kv_set(roots, args.kv_cache)
+    data = load_kv_set(roots, args.kv_cache, args.extract_precision)
     print(json.dumps({"images": len(data.labels), "skipped (not cached)": data.skipped}), flush=True)
     state = last_block_state(model)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -228,10 +241,11 @@ def main() -> None:
         epochs = args.epochs if name == "frozen" else (args.lastblock_epochs or args.epochs)
         opts = HeadOptions("judge", epochs=epochs)
         trainer = frozen_trainer(state, opts) if name == "frozen" else lastblock_trainer(state, opts, args.block_lr)
-        results[f"v2-judge-{name}"] = {**run(data, trainer, V2_SOURCES, args.fakes.split(","), args.reals.split(",")),
-                                       "block_lr": 0.0 if name == "frozen" else args.block_lr, "epochs": epochs}
+        key = f"{args.train}-judge-{name}"
+        results[key] = {**run(data, trainer, TRAIN_SETS[args.train], args.fakes.split(","), args.reals.split(",")),
+                        "block_lr": 0.0 if name == "frozen" else args.block_lr, "epochs": epochs}
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"{name}: {results[f'v2-judge-{name}']['seconds']} s", flush=True)
+        print(f"{key}: {results[key]['seconds']} s", flush=True)
     print(table(results))
 
 
