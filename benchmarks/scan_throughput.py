@@ -117,13 +117,25 @@ def measure(judge, runtime: str, encode: Encode, paths: list[Path], crops: np.nd
             "crops_per_s": round(len(crops) / encoding, 3)}
 
 
+def cpu_simd() -> list[str]:
+    """The CPU's vector extensions that decide which runtime is fastest (INT8 and bf16 kernels need
+    AVX-512 VNNI / BF16 or AMX to beat fp32); empty where /proc/cpuinfo is not readable."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return [flag for flag in wanted if flag in flags.split()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8, help="photos per size (24 on a machine with time)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads")
     parser.add_argument("--workers", type=int, default=4, help="decoding threads, as `diffsleuth scan`")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--json", action="store_true", help=f"also write {RESULTS.relative_to(REPO)}")
+    parser.add_argument("--json", action="store_true", help="also write the results as JSON (to --out)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"with --json [default: {RESULTS.relative_to(REPO)}]")
     args = parser.parse_args()
     judge = load_detector("default", runtime="onnx", threads=args.threads)
     pinned = ensure(CLIP_VIT_B16_INT8)
@@ -146,11 +158,12 @@ def main() -> None:
     if args.json:
         report = {"machine": {"cpus": os.cpu_count(), "threads": args.threads, "workers": args.workers,
                               "processor": platform.processor() or platform.machine(),
+                              "simd": cpu_simd(),
                               "load_average_before": load_before, "load_average_after": os.getloadavg()},
                   "photos": "camera originals, resized" if PHOTOS.is_dir() else "synthetic", "results": results}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {RESULTS}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

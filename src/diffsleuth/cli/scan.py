@@ -86,7 +86,7 @@ def scan(
         "--resume", help="Skip inputs already in --output (csv or jsonl) and append the rest.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (anything but the CPU needs torch).")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16, or int8 (the default judge's encoder block-wise INT8 in onnxruntime on the CPU: about 1.3x faster, but scores move by up to about 0.04 from fp32's; needs onnxruntime >= 1.22).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16, or int8 (the default judge's encoder block-wise INT8 in onnxruntime on the CPU: 1.3x fp32's speed on an AVX-512 CPU, 0.7x on an AVX2-only one, and scores move by up to about 0.04 from fp32's; needs onnxruntime >= 1.22).")] = "auto",
     runtime: Annotated[Runtime, typer.Option(
         help="auto: onnxruntime without torch where it can score the detector (the default judge on the CPU "
              "in fp32), else torch; onnx or torch force one.")] = Runtime.auto,

@@ -104,7 +104,7 @@ def load_detector(path_or_name: str | os.PathLike | None = None,
     is one of :data:`RUNTIMES`; the torch-free runtime gives the same scores (within 1e-5) without
     importing torch. ``threads`` sets the CPU threads of onnxruntime (and torch's, for a torch
     model). ``encoder_precision`` ``int8`` runs a CLIP judge's encoder block-wise INT8 in the
-    torch-free runtime (faster on a CPU; see :mod:`diffsleuth.backbones.clip_runtime` for how far its
+    torch-free runtime (faster on CPUs with AVX-512 only; see :mod:`diffsleuth.backbones.clip_runtime` for how far its
     scores move). A torch detector without torch installed is a :class:`~diffsleuth.extras.MissingExtraError`
     naming the extra to install.
     """
