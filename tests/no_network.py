@@ -37,10 +37,15 @@ socket.socket.sendto = lambda self, data, *a: _refuse(f"sendto {a}") if _inet(se
 '''
 
 
+# --seccomp-bpf: the kernel stops the process only at the traced calls, not at every system call,
+# so importing torch under strace costs seconds instead of tens of seconds; children inherit it.
+STRACE = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect,sendto,sendmsg,sendmmsg"]
+
+
 def _strace_works() -> bool:
-    """strace is installed and may trace here (containers often forbid ptrace)."""
+    """strace is installed, knows --seccomp-bpf and may trace here (containers often forbid ptrace)."""
     return bool(shutil.which("strace")) and subprocess.run(
-        ["strace", "-qq", "-e", "trace=none", "true"], capture_output=True).returncode == 0
+        [*STRACE, "-o", os.devnull, "true"], capture_output=True).returncode == 0
 
 
 def run_guarded(args: list[str], tmp: Path, env: dict[str, str] | None = None,
@@ -58,7 +63,7 @@ def run_guarded(args: list[str], tmp: Path, env: dict[str, str] | None = None,
     command = [sys.executable, *args]
     trace = tmp / "strace.txt"
     if _strace_works():
-        command = ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg,sendmmsg", "-o", str(trace), *command]
+        command = [*STRACE, "-o", str(trace), *command]
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     refused = log.read_text() if log.exists() else ""
     sockets = [line for line in trace.read_text().splitlines() if "AF_INET" in line] if trace.exists() else []
