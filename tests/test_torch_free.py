@@ -31,7 +31,7 @@ from diffsleuth.detectors.judge.model import JudgeDetector
 from diffsleuth.detectors.judge.runtime import JudgeRuntime
 from diffsleuth.detectors.predicting import WeightsError
 from diffsleuth.detectors.registry import load_detector
-from tiny_onnx import export
+from tiny_onnx import tiny_judge_config
 
 POISONED = """
 import sys
@@ -120,10 +120,7 @@ def test_scan_weights_predict_and_serve_never_import_torch(tmp_path):
 def tiny_onnx_judge(tmp_path_factory):
     """A judge on the tiny ONNX tower with a domain check, saved by the torch judge."""
     folder = tmp_path_factory.mktemp("tiny-judge")
-    encoder = export(folder / "tower.onnx")[1]
-    config = JudgeConfig(encoder="onnx", backbone=str(encoder), grid="cover", max_short_side=448, embed_dim=4,
-                         proj_hidden=8, num_traces=2, threshold=0.6, uncertain_threshold=0.4,
-                         domain=DomainConfig(min_short_side=64, centroids=3, max_distance=0.5, outside_centroids=2))
+    config = tiny_judge_config(folder, centroids=3, max_distance=0.5)
     model = JudgeDetector.from_config(config)
     generator = torch.Generator().manual_seed(1)
     model.domain_centroids = torch.randn(3, 8, generator=generator)

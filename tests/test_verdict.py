@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import random_photo
 from PIL import Image
-from tiny_onnx import export
+from tiny_onnx import tiny_judge_config
 from toy_detector import saved_toy
 
 from diffsleuth.detectors import load_detector
@@ -134,10 +134,7 @@ def test_server_schema_documents_the_new_keys():
 def tiny_judge(tmp_path_factory):
     """A judge on the tiny ONNX tower with a domain reference built from smooth 'photos'."""
     folder = tmp_path_factory.mktemp("judge")
-    encoder = export(folder / "tower.onnx")[1]
-    config = JudgeConfig(encoder="onnx", backbone=str(encoder), grid="cover", max_short_side=448, embed_dim=4,
-                         proj_hidden=8, num_traces=2, threshold=0.6, uncertain_threshold=0.4,
-                         domain=DomainConfig(min_short_side=64, centroids=4, max_distance=1.0, outside_centroids=2))
+    config = tiny_judge_config(folder, centroids=4, max_distance=1.0)
     model = JudgeDetector.from_config(config)
     reference = [crop_features(model, random_photo(seed, (256, 256))) for seed in range(12)]
     held_out = [crop_features(model, random_photo(seed, (256, 256))) for seed in range(100, 112)]

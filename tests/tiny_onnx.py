@@ -31,3 +31,16 @@ def export(path: Path, dynamic: bool = True) -> tuple[TinyImageTower, Path]:
                           output_names=["image_embeds", "tokens"], dynamo=False,
                           dynamic_axes={"pixel_values": {0: "batch"}} if dynamic else None)
     return tower, path
+
+
+def tiny_judge_config(folder: Path, centroids: int, max_distance: float):
+    """A judge config on a freshly exported tiny tower in ``folder``, with a domain check
+    (``centroids`` photo centroids, 2 outside ones): small enough to train and score in a test."""
+    from diffsleuth.detectors.judge.config import JudgeConfig
+    from diffsleuth.detectors.judge.domain import DomainConfig
+
+    encoder = export(folder / "tower.onnx")[1]
+    return JudgeConfig(encoder="onnx", backbone=str(encoder), grid="cover", max_short_side=448, embed_dim=4,
+                       proj_hidden=8, num_traces=2, threshold=0.6, uncertain_threshold=0.4,
+                       domain=DomainConfig(min_short_side=64, centroids=centroids, max_distance=max_distance,
+                                           outside_centroids=2))
