@@ -14,6 +14,9 @@ e.g. by training with ``--set cache=DIR`` on these data roots, or by calling
 
     PYTHONPATH=src python benchmarks/protocol_v3.py --cache /tmp/v3-cache/features \
         --variants v2-judge,all-bal-judge --out /tmp/v3/protocol.json
+
+``--card-metrics FOLDER --card-variant NAME`` stores that variant's summary and the issue's
+targets (met or missed) under ``protocol`` in FOLDER/card_metrics.json, which the model card shows.
 """
 
 from __future__ import annotations
@@ -103,6 +106,33 @@ def run_variant(data: FeatureSet, name: str, sections: set[str], deliveries: dic
     return out
 
 
+def targets(r: dict) -> list[dict]:
+    """Issue #30's done-when, each with what this variant measured."""
+    g5, g1 = r["grid"]["5%"], r["grid"]["1%"]
+    # the issue's "each GAN generator caught when its family is left out": per generator in the GAN folds
+    per_gan = {gen: rate for gen, rate in g5["by_generator"].items() if gen in GANS}
+    rows = [("mean over grid folds, 5% FPR", ">=", 0.93, g5["mean"]),
+            ("mean over grid folds, 1% FPR", ">=", 0.80, g1["mean"]),
+            ("worst grid fold, 5% FPR", ">=", 0.60, g5["worst"]),
+            *((f"{gan}, GAN family left out, 5% FPR (mean over real sources)", ">=", 0.70, per_gan[gan])
+              for gan in GANS if gan in per_gan),
+            ("2022-era pair left out, 5% FPR (mean over real sources)", ">=", 0.70, g5["by_fake"]["2022-era"]),
+            *((f"unseen {check} flagged at the ImageNet-5% threshold", "<=", 0.03, r["checks"][check]["5%"])
+              for check in ("ffhq", "camera") if check in r.get("checks", {})),
+            ("PixArt + Kandinsky left out together, 5% FPR", ">=", 0.97,
+             r.get("pixart_kandinsky", {}).get("5%", {}).get("mean"))]
+    return [{"what": what, "target": f"{op} {goal:.2f}", "measured": value,
+             "met": value is not None and (value >= goal if op == ">=" else value <= goal)}
+            for what, op, goal, value in rows]
+
+
+def card_summary(r: dict, name: str, command: str) -> dict:
+    """What the model card shows of one variant: summaries without per-fold detail, and the targets."""
+    keep = {k: {kk: vv for kk, vv in v.items() if kk != "folds_detail"} if isinstance(v, dict) else v
+            for k, v in r.items()}
+    return {"variant": name, "command": command, "targets": targets(r), **keep}
+
+
 def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
@@ -140,9 +170,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy machine")
     parser.add_argument("--table-only", action="store_true", help="print the table of --out and stop")
+    parser.add_argument("--card-metrics", type=Path, help="a detector folder: store --card-variant of --out there")
+    parser.add_argument("--card-variant", help="the variant whose recipe the detector was trained with")
     args = parser.parse_args()
-    if args.table_only:
-        print(table(json.loads(Path(args.out).read_text())))
+    if args.table_only or args.card_metrics:
+        results = json.loads(Path(args.out).read_text())
+        print(table(results))
+        if args.card_metrics:
+            store_in_card(args.card_metrics, results, args.card_variant, args.degradation)
         return
     torch.set_num_threads(args.threads)
     model = config_from_dict(JudgeConfig, load_json(args.config)["model"])
@@ -164,6 +199,18 @@ def main() -> None:
         out_path.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}: {results[name]['seconds']} s", flush=True)
     print(table(results))
+
+
+def store_in_card(folder: Path, results: dict, variant: str | None, degradation: str) -> None:
+    if variant not in results:
+        raise SystemExit(f"--card-variant {variant!r} is not in --out (it holds: {', '.join(results)})")
+    command = ("PYTHONPATH=src python benchmarks/protocol_v3.py --cache DIR --out protocol.json "
+               f"--degradation {degradation} --variants {variant}")
+    path = folder / "card_metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["protocol"] = {**card_summary(results[variant], variant, command), "degradation": degradation}
+    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(f"stored {variant} under protocol in {path}")
 
 
 if __name__ == "__main__":

@@ -335,6 +335,14 @@ def test_phone_width_has_no_horizontal_overflow(open_page, map_server):
         assert box <= 375
 
 
+def test_the_default_page_shows_what_it_was_measured_on_within_a_phone_width(open_page, default_server):
+    ui = open_page(default_server, width=375, height=812)
+    table = ui.page.get_by_role("table", name="Measured on images it never trained on")
+    assert table.is_visible() and "StyleGAN2 faces" in table.inner_text()
+    widths = ui.page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert widths[0] <= widths[1] == 375
+
+
 def test_the_real_default_puts_noise_and_a_text_screenshot_outside_its_domain_and_a_signed_declaration_wins(
         open_page, default_server, shared_data):
     """End to end, no stub: the shipped default's own domain check and a C2PA-signed declaration."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from diffsleuth.evaluation.card_protocol import protocol_block
+
 INTENDED_DOMAIN = (
     "**Intended domain: camera photographs.** Read the verdict first: `generated` (score at or above "
     "the threshold), `uncertain` (in the band below it, where the detector has one), `outside the "
@@ -93,9 +95,13 @@ def verdict_rates_block(rates: dict) -> str:
              "intervals; every file re-encoded as stated. Synthetic inputs: `out_of_domain.outside_inputs(seed="
              f"{rates.get('synthetic_seed', 0)})` (text pages, charts, screenshots, 512-px uniform noise, 16-64 px "
              "thumbnails), scored by `predict`.", "",
-             "| set | " + " | ".join(VERDICT_NAMES) + " |", "|---|" + "---|" * len(VERDICT_NAMES)]
-    for name, block in list(rates["sets"].items()) + [(f"synthetic: {k}", b) for k, b in rates["synthetic"].items()]:
-        lines.append(f"| {name} | " + " | ".join(pct(block[n]) for n in VERDICT_NAMES) + " |")
+             "| set | class | " + " | ".join(VERDICT_NAMES) + " |", "|---|---|" + "---|" * len(VERDICT_NAMES)]
+    classes = rates.get("classes", {})
+    rows = [(name, classes.get(name, "real" if name.startswith("camera") else "generated"), block)
+            for name, block in rates["sets"].items()]
+    rows += [(f"synthetic: {k}", "not a photo", b) for k, b in rates["synthetic"].items()]
+    for name, kind, block in rows:
+        lines.append(f"| {name} | {kind} | " + " | ".join(pct(block[n]) for n in VERDICT_NAMES) + " |")
     return "\n".join(lines)
 
 
@@ -159,8 +165,10 @@ def render_card(report: dict, title: str, notes: str = "", command: str = "") ->
         "### Data sets (both classes)", sets_table(report), "",
         "### Per source, at the threshold", sources_table(report), "",
         "### Detector verdicts per source", verdicts_table(report), "",
-        *(("### Verdicts on camera photos, held-out generators and non-photos",
+        *(("### Verdicts on camera photos, held-out generators, data it never trained on, and non-photos",
            verdict_rates_block(report["verdict_rates"]), "") if "verdict_rates" in report else ()),
+        *(("### The training recipe under the leave-one-out protocol", protocol_block(report["protocol"]), "")
+          if "protocol" in report else ()),
         "### Out of domain: rendered text, charts, screenshots (made by `diffsleuth.evaluation.out_of_domain`)",
         named_block(report["non_photos"]), "",
         "### Camera photos bundled in the scikit-image and scikit-learn wheels", named_block(report["wheel_photos"]), "",

@@ -5,9 +5,13 @@ judge on a frozen encoder, from the feature cache training uses (each file is en
 degradation, then scored by :meth:`JudgeDetector.score_features`, the code a scan runs), plus
 the inputs the domain check exists for: rendered text, charts and screenshots
 (:mod:`diffsleuth.evaluation.out_of_domain`), seeded noise and thumbnails, scored by ``predict``.
+``--beyond`` adds data the detector was never meant to have seen (GANs, 2022-era generators,
+GAN faces and their real counterparts), one set per generator or real source, so the card and
+the page can say what it does not cover.
 
     python -m diffsleuth.evaluation.verdict_rates default --camera ../shared/data/camera-originals \\
-        --data ../shared/data/multigen --cache /tmp/verdict-cache/features --write-card-metrics
+        --data ../shared/data/multigen --beyond ../shared/data/generalisation \\
+        --cache /tmp/verdict-cache/features --write-card-metrics
 
 writes the rates into the detector's ``card_metrics.json`` (key ``verdict_rates``), which
 :func:`diffsleuth.evaluation.card_render.render_card` shows in ``MODEL_CARD.md``.
@@ -28,6 +32,7 @@ from diffsleuth.detectors.judge.model import JudgeDetector
 from diffsleuth.detectors.registry import load_detector, resolve_detector_path
 from diffsleuth.evaluation.card import training_config, verdict_rates
 from diffsleuth.evaluation.heldout import HoldOut, Sample, gather_samples
+from diffsleuth.evaluation.loo_protocol import camera_makes, protocol_source
 from diffsleuth.evaluation.out_of_domain import outside_inputs
 from diffsleuth.verdict import decide_detector_verdict
 
@@ -46,15 +51,37 @@ def file_verdicts(model: JudgeDetector, samples: Sequence[Sample], spec: str, ca
             for p, extra in zip(probs.tolist(), extras)]
 
 
+# protocol source (or, where a family holds several, generator) -> what a reader calls it
+BEYOND_NAMES = {"gan": "GAN ({})", "2022-era": "2022-era generator ({})", "stylegan2-faces": "StyleGAN2 faces",
+                "ffhq": "real FFHQ faces", "gan-real": "real photos matched to the GANs"}
+
+
+def beyond_sets(root: str) -> dict[str, list[Sample]]:
+    """The images under ``root`` by generator (GANs, 2022-era) or source, each named for a reader."""
+    makes, sets = camera_makes(root), {}
+    for sample in gather_samples([root], HoldOut()):
+        record = sample.record
+        source = protocol_source(record.label, record.family, record.generator, root, makes, record.path.name)
+        name = BEYOND_NAMES.get(source, source).format(record.generator)
+        sets.setdefault(name, []).append(sample)
+    return dict(sorted(sets.items()))
+
+
 def measure(model: JudgeDetector, sets: dict[str, list[Sample]], degradations: Sequence[str], cache: Path,
             seed: int = 0) -> dict:
-    """Verdict shares per set and degradation, and per kind of synthetic input."""
+    """Verdict shares per set and degradation, each set's class, and per kind of synthetic input."""
     out: dict = {"threshold": float(model.config.threshold),
                  "uncertain_threshold": uncertain_threshold(model.config, float(model.config.threshold)),
-                 "degradations": list(degradations), "synthetic_seed": seed, "sets": {}, "synthetic": {}}
+                 "degradations": list(degradations), "synthetic_seed": seed, "sets": {}, "classes": {},
+                 "synthetic": {}}
     for name, samples in sets.items():
+        labels = {s.record.label for s in samples}
+        if len(labels) != 1:
+            raise ValueError(f"set {name!r} mixes generated and real images: give one class per set")
+        kind = "generated" if labels == {1} else "real"
         for spec in degradations:
             out["sets"][f"{name}/{spec}"] = verdict_rates(file_verdicts(model, samples, spec, cache))
+            out["classes"][f"{name}/{spec}"] = kind
     images = outside_inputs(seed)
     predictions = model.predict(list(images.values()), batch_size=8)
     kinds = sorted({name.split(":")[0] for name in images})
@@ -69,6 +96,8 @@ def main() -> None:
     parser.add_argument("detector", help="a judge-head detector folder or shipped name")
     parser.add_argument("--camera", action="append", default=[], help="folders of camera photos it never trained on")
     parser.add_argument("--data", action="append", default=[], help="data roots holding its held-out families")
+    parser.add_argument("--beyond", action="append", default=[],
+                        help="data roots it never trained on, scored per generator and real source")
     parser.add_argument("--degradation", action="append", help="applied to every file (default jpeg:90 and jpeg:75)")
     parser.add_argument("--cache", type=Path, required=True, help="feature cache folder")
     parser.add_argument("--write-card-metrics", action="store_true", help="store under verdict_rates in card_metrics.json")
@@ -83,9 +112,12 @@ def main() -> None:
     if args.data:
         held = [s for s in gather_samples(args.data, holdout) if s.role == "holdout"]
         sets[f"held-out generators ({', '.join(holdout.holdout_families)})"] = held
+    for root in args.beyond:
+        sets.update(beyond_sets(root))
     report = measure(model, sets, args.degradation or ["jpeg:90", "jpeg:75"], args.cache)
     report["command"] = "python -m diffsleuth.evaluation.verdict_rates " + " ".join(
-        [args.detector, *(f"--camera {c}" for c in args.camera), *(f"--data {d}" for d in args.data)])
+        [args.detector, *(f"--camera {c}" for c in args.camera), *(f"--data {d}" for d in args.data),
+         *(f"--beyond {b}" for b in args.beyond)])
     print(json.dumps(report, indent=2))
     if args.write_card_metrics:
         path = folder / "card_metrics.json"

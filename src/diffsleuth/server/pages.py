@@ -47,6 +47,39 @@ def _page(title: str, body: str) -> str:
             f"<body><main class=\"document\"><p><a href=\"/\">&larr; Back to the page</a></p>{body}</main></body></html>")
 
 
+def coverage_html(metrics_path: Path | None) -> str:
+    """What the detector called ``generated`` on sets it never trained on, from its card's metrics.
+
+    The rows come from ``verdict_rates`` in ``card_metrics.json`` (measured by
+    ``diffsleuth.evaluation.verdict_rates``), first degradation only; a detector without them gets
+    nothing, never a claim made up for it.
+    """
+    try:
+        rates = json.loads(metrics_path.read_text(encoding="utf-8"))["verdict_rates"]
+        spec, classes = rates["degradations"][0], rates.get("classes", {})
+        rows = [(name[:-len(spec) - 1], classes.get(name, "real" if name.startswith("camera") else "generated"),
+                 int(block["generated"]["k"]), int(block["generated"]["n"]))
+                for name, block in rates["sets"].items() if name.endswith("/" + spec)]
+    except (OSError, AttributeError, ValueError, KeyError, IndexError, TypeError):
+        return ""
+    if not rows:
+        return ""
+    quality = spec.replace("jpeg:", "JPEG quality ") if spec.startswith("jpeg:") else spec
+    cells = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(kind)}</td>"
+        f"<td>{k} of {n} ({k / n:.0%})</td></tr>" for name, kind, k, n in rows if n)
+    return ("<h3 id=\"coverage-title\">Measured on images it never trained on</h3>"
+            "<p>How often this detector said <strong>generated</strong>, at its threshold, on each set "
+            f"(every file re-encoded as {html.escape(quality)}). For generated images that is the share "
+            "caught; for real photos, the share wrongly flagged. A low catch rate means the detector does "
+            "not cover that kind of generator: its <strong>no trace found</strong> says nothing there. Where "
+            "real photos of a kind (faces, say) are flagged about as often as generated ones are caught, its "
+            "<strong>generated</strong> says nothing about that kind either.</p>"
+            "<div class=\"table-scroll\"><table class=\"coverage\" aria-labelledby=\"coverage-title\">"
+            "<thead><tr><th scope=\"col\">images</th><th scope=\"col\">class</th>"
+            f"<th scope=\"col\">said generated</th></tr></thead><tbody>{cells}</tbody></table></div>")
+
+
 def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = None,
                  max_request_bytes: int | None = None, score_map_label: str = "P(generated)") -> APIRouter:
     """Routes for people: ``/``, ``/static/*``, ``/model-card`` and ``/docs`` (not in the OpenAPI).
@@ -67,6 +100,7 @@ def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = 
     index = index.replace("{{map_scale}}", html.escape(json.dumps(map_scale()), quote=True))
     has_card = model_card is not None and model_card.is_file()
     index = index.replace("{{has_model_card}}", "true" if has_card else "false")
+    index = index.replace("{{coverage}}", coverage_html(model_card.parent / "card_metrics.json") if has_card else "")
 
     @router.get("/")
     def page() -> HTMLResponse:
