@@ -55,7 +55,7 @@ def test_page_coverage_shows_each_set_once_escaped_and_nothing_without_metrics(t
     shown = coverage_html(path)
     assert "GAN (&lt;b&gt;x&lt;/b&gt;)" in shown and "<b>x</b>" not in shown
     assert "3 of 20 (15%)" in shown and "9 of 20" not in shown  # the first degradation only
-    assert "<td>real FFHQ faces</td><td>real</td><td>24 of 150 (16%)</td>" in shown
+    assert "<td>real FFHQ faces</td><td>real</td><td>24 of 150 (16%)</td><td>0</td>" in shown
     assert "JPEG quality 90" in shown
     assert coverage_html(tmp_path / "missing.json") == ""
     (tmp_path / "bad.json").write_text('{"verdict_rates": {"sets": 3}}', encoding="utf-8")
@@ -92,7 +92,8 @@ def test_shipped_card_and_page_say_what_the_default_does_not_cover():
     folder = resolve_detector_path("default")
     report = json.loads((folder / "card_metrics.json").read_text())
     names = {name.rsplit("/", 1)[0] for name in report["verdict_rates"]["sets"]}
-    assert {"StyleGAN2 faces", "real FFHQ faces", "GAN (cyclegan)", "2022-era generator (dalle-mini)"} <= names
+    assert {"StyleGAN2 faces (not in the face reference)", "real FFHQ faces (not in the face reference)",
+            "GAN (cyclegan)", "2022-era generator (dalle-mini)"} <= names
     card = (folder / "MODEL_CARD.md").read_text()
     assert protocol_block(report["protocol"]) in card and "**missed**" in card
     assert "StyleGAN2 faces" in coverage_html(folder / "card_metrics.json")

@@ -45,7 +45,7 @@ class CountingDetector:
             self.alive -= len(images)
             self.batches.append(len(images))
         return [SimpleNamespace(score=float(np.asarray(im).mean()) / 255, label="real", extras={}, score_map=None,
-                                uncertain_threshold=None, outside_domain=None) for im in images]
+                                uncertain_threshold=None, outside_domain=None, outside_overrides=False) for im in images]
 
 
 @pytest.fixture()

@@ -3,7 +3,9 @@
 Two steps, kept apart so every view can show both:
 
 - :func:`decide_detector_verdict`: what the pixels say. ``generated`` (score at or above the
-  threshold) first: a trace found is evidence whatever the input. Then ``outside the detector's
+  threshold) first: a trace found is evidence whatever the input, except on inputs where the
+  detector was measured to flag real images as often as generated ones (close-up faces for the
+  default), which are ``outside the detector's domain`` whatever the score. Then ``outside the detector's
   domain`` (an input the detector cannot judge: too small, not photo-like, far from everything it
   trained on), because there a low score means nothing and must not read as reassurance; then
   ``uncertain`` (in the band from ``uncertain_threshold`` up to the threshold, for detectors that
@@ -41,13 +43,17 @@ _DECLARATIONS = {"generated": (DECLARED_GENERATED, CLAIMED_GENERATED),
 
 
 def decide_detector_verdict(score: float | None, threshold: float, uncertain_threshold: float | None = None,
-                            outside_domain: bool = False) -> str | None:
+                            outside_domain: bool = False, overrides: bool = False) -> str | None:
     """The pixels' verdict (one of :data:`DETECTOR_VERDICTS`), or None when there is no score (an error).
 
     ``uncertain_threshold`` None means the detector has no uncertain band; ``outside_domain`` is the
-    detector's own domain check, which wins over every score below the threshold."""
+    detector's own domain check, which wins over every score below the threshold, and over every
+    score when it ``overrides`` (a kind of input, such as close-up faces, where the detector's
+    ``generated`` was measured to be no evidence either)."""
     if score is None:
         return None
+    if outside_domain and overrides:
+        return OUTSIDE_DOMAIN
     if score >= threshold:
         return GENERATED
     if outside_domain:

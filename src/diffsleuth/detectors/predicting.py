@@ -116,13 +116,16 @@ class Prediction:
     """Scores from here up to ``threshold`` are ``uncertain``; None when the detector has no band."""
     outside_domain: str | None = None
     """Why the detector cannot judge this input (too small, far from its training images), else None."""
+    outside_overrides: bool = False
+    """The domain check wins over a score at or above the threshold (e.g. a close-up face)."""
 
     @property
     def detector_verdict(self) -> str | None:
         """What the pixels say (:func:`diffsleuth.verdict.decide_detector_verdict`); None without a score."""
         threshold = self.threshold if self.threshold is not None else (
             float("-inf") if self.label == GENERATED else float("inf"))
-        return decide_detector_verdict(self.score, threshold, self.uncertain_threshold, self.outside_domain is not None)
+        return decide_detector_verdict(self.score, threshold, self.uncertain_threshold, self.outside_domain is not None,
+                                       self.outside_overrides)
 
     @property
     def verdict(self) -> str | None:
@@ -206,10 +209,11 @@ class Predictor:
                 probs, extras = self.score_images([read[i] for i in chunk])
                 for i, p, extra in zip(chunk, probs.tolist(), extras):
                     score_map, outside = extra.pop("score_map", None), extra.pop("outside_domain", None)
+                    overrides = bool(extra.pop("outside_overrides", False))
                     out[i] = Prediction(score=float(p), label=GENERATED if p >= threshold else REAL_LABEL,
                                         extras=extra, provenance=found[i], threshold=threshold,
                                         uncertain_threshold=uncertain_threshold(self.config, threshold),
-                                        outside_domain=outside,
+                                        outside_domain=outside, outside_overrides=overrides,
                                         score_map=None if score_map is None else np.asarray(score_map, np.float32))
         finally:
             self.train(was_training)

@@ -72,6 +72,8 @@ class ScanResult:
     """The lower end of the ``uncertain`` band (None: the detector has none)."""
     outside_domain: str | None = None
     """Why the detector cannot judge this image, when it cannot."""
+    outside_overrides: bool = False
+    """The domain check wins over a score at or above the threshold."""
 
     @property
     def detector_verdict(self) -> str | None:
@@ -80,7 +82,8 @@ class ScanResult:
         if self.error is not None or self.score is None:
             return None
         at_label = float("-inf") if self.label == "generated" else float("inf")
-        return decide_detector_verdict(self.score, at_label, self.uncertain_threshold, self.outside_domain is not None)
+        return decide_detector_verdict(self.score, at_label, self.uncertain_threshold, self.outside_domain is not None,
+                                       self.outside_overrides)
 
     def as_row(self) -> dict[str, Any]:
         """The row; ``path`` (and any text) as :func:`encode_path` writes it, so any file name is valid text."""
@@ -144,7 +147,7 @@ def score_decoded(detector: Detector, names: Sequence[str], decoded: Sequence[Im
             results.append(ScanResult(name, round(pred.score, 6), pred.label, extras=pred.extras,
                                       score_map=pred.score_map, threshold=threshold, provenance=prov,
                                       uncertain_threshold=pred.uncertain_threshold,
-                                      outside_domain=pred.outside_domain))
+                                      outside_domain=pred.outside_domain, outside_overrides=pred.outside_overrides))
     return results
 
 

@@ -95,13 +95,15 @@ def verdict_rates_block(rates: dict) -> str:
              "intervals; every file re-encoded as stated. Synthetic inputs: `out_of_domain.outside_inputs(seed="
              f"{rates.get('synthetic_seed', 0)})` (text pages, charts, screenshots, 512-px uniform noise, 16-64 px "
              "thumbnails), scored by `predict`.", "",
-             "| set | class | " + " | ".join(VERDICT_NAMES) + " |", "|---|---|" + "---|" * len(VERDICT_NAMES)]
-    classes = rates.get("classes", {})
+             "| set | class | " + " | ".join(VERDICT_NAMES) + " | why outside |",
+             "|---|---|" + "---|" * (len(VERDICT_NAMES) + 1)]
+    classes, reasons = rates.get("classes", {}), rates.get("outside_reasons", {})
     rows = [(name, classes.get(name, "real" if name.startswith("camera") else "generated"), block)
             for name, block in rates["sets"].items()]
     rows += [(f"synthetic: {k}", "not a photo", b) for k, b in rates["synthetic"].items()]
     for name, kind, block in rows:
-        lines.append(f"| {name} | {kind} | " + " | ".join(pct(block[n]) for n in VERDICT_NAMES) + " |")
+        why = ", ".join(f"{reason}: {count}" for reason, count in reasons.get(name, {}).items())
+        lines.append(f"| {name} | {kind} | " + " | ".join(pct(block[n]) for n in VERDICT_NAMES) + f" | {why} |")
     return "\n".join(lines)
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
 from diffsleuth.detectors.base import uncertain_threshold
+from diffsleuth.detectors.judge.face_check import sha256_of
 from diffsleuth.detectors.judge.head_training import cached_features
 from diffsleuth.detectors.judge.model import JudgeDetector
 from diffsleuth.detectors.registry import load_detector, resolve_detector_path
@@ -34,11 +36,13 @@ from diffsleuth.evaluation.card import training_config, verdict_rates
 from diffsleuth.evaluation.heldout import HoldOut, Sample, gather_samples
 from diffsleuth.evaluation.loo_protocol import camera_makes, protocol_source
 from diffsleuth.evaluation.out_of_domain import outside_inputs
-from diffsleuth.verdict import decide_detector_verdict
+from diffsleuth.verdict import OUTSIDE_DOMAIN, decide_detector_verdict
 
 
-def file_verdicts(model: JudgeDetector, samples: Sequence[Sample], spec: str, cache: Path) -> list[str | None]:
-    """The detector verdict of each file under degradation ``spec`` (sizes kept by every degradation)."""
+def file_verdicts(model: JudgeDetector, samples: Sequence[Sample], spec: str,
+                  cache: Path) -> tuple[list[str | None], Counter]:
+    """The detector verdict of each file under degradation ``spec`` (sizes kept by every degradation),
+    and how many were outside the domain for each kind of reason."""
     features = cached_features(model, samples, [spec], cache, 32)[spec]
     sizes = []
     for sample in samples:
@@ -47,8 +51,18 @@ def file_verdicts(model: JudgeDetector, samples: Sequence[Sample], spec: str, ca
     probs, extras = model.score_features(features, sizes)
     threshold = float(model.config.threshold)
     low = uncertain_threshold(model.config, threshold)
-    return [decide_detector_verdict(float(p), threshold, low, extra.get("outside_domain") is not None)
-            for p, extra in zip(probs.tolist(), extras)]
+    verdicts, reasons = [], Counter()
+    for p, extra in zip(probs.tolist(), extras):
+        verdicts.append(decide_detector_verdict(float(p), threshold, low, extra.get("outside_domain") is not None,
+                                                bool(extra.get("outside_overrides"))))
+        if verdicts[-1] == OUTSIDE_DOMAIN:
+            reasons[reason_kind(extra["outside_domain"])] += 1
+    return verdicts, reasons
+
+
+def reason_kind(reason: str) -> str:
+    """The check behind an ``outside_domain`` reason (its words before the parenthesis)."""
+    return reason.split(" (", 1)[0]
 
 
 # protocol source (or, where a family holds several, generator) -> what a reader calls it
@@ -67,21 +81,37 @@ def beyond_sets(root: str) -> dict[str, list[Sample]]:
     return dict(sorted(sets.items()))
 
 
+def split_reference(sets: dict[str, list[Sample]], reference: set[str]) -> dict[str, list[Sample]]:
+    """Each set's files that built the detector's face check (SHA-256 in ``reference``) as a set of
+    their own, so the rest measure the check on faces it never saw."""
+    out: dict[str, list[Sample]] = {}
+    for name, samples in sets.items():
+        inside = [s for s in samples if sha256_of(s.record.path) in reference]
+        rest = [s for s in samples if s not in inside]
+        if rest:
+            out[name + (" (not in the face reference)" if inside else "")] = rest
+        if inside:
+            out[f"{name} (built the face check)"] = inside
+    return out
+
+
 def measure(model: JudgeDetector, sets: dict[str, list[Sample]], degradations: Sequence[str], cache: Path,
             seed: int = 0) -> dict:
     """Verdict shares per set and degradation, each set's class, and per kind of synthetic input."""
     out: dict = {"threshold": float(model.config.threshold),
                  "uncertain_threshold": uncertain_threshold(model.config, float(model.config.threshold)),
                  "degradations": list(degradations), "synthetic_seed": seed, "sets": {}, "classes": {},
-                 "synthetic": {}}
+                 "outside_reasons": {}, "synthetic": {}}
     for name, samples in sets.items():
         labels = {s.record.label for s in samples}
         if len(labels) != 1:
             raise ValueError(f"set {name!r} mixes generated and real images: give one class per set")
         kind = "generated" if labels == {1} else "real"
         for spec in degradations:
-            out["sets"][f"{name}/{spec}"] = verdict_rates(file_verdicts(model, samples, spec, cache))
+            verdicts, reasons = file_verdicts(model, samples, spec, cache)
+            out["sets"][f"{name}/{spec}"] = verdict_rates(verdicts)
             out["classes"][f"{name}/{spec}"] = kind
+            out["outside_reasons"][f"{name}/{spec}"] = dict(sorted(reasons.items()))
     images = outside_inputs(seed)
     predictions = model.predict(list(images.values()), batch_size=8)
     kinds = sorted({name.split(":")[0] for name in images})
@@ -112,8 +142,10 @@ def main() -> None:
     if args.data:
         held = [s for s in gather_samples(args.data, holdout) if s.role == "holdout"]
         sets[f"held-out generators ({', '.join(holdout.holdout_families)})"] = held
+    domain = model.config.domain
+    faces = set(((domain.reference or {}).get("faces") or {}).get("sha256", ())) if domain is not None else set()
     for root in args.beyond:
-        sets.update(beyond_sets(root))
+        sets.update(split_reference(beyond_sets(root), faces))
     report = measure(model, sets, args.degradation or ["jpeg:90", "jpeg:75"], args.cache)
     report["command"] = "python -m diffsleuth.evaluation.verdict_rates " + " ".join(
         [args.detector, *(f"--camera {c}" for c in args.camera), *(f"--data {d}" for d in args.data),

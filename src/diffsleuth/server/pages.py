@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from diffsleuth.detectors.score_maps import map_scale
+from diffsleuth.verdict import OUTSIDE_DOMAIN
 
 STATIC = files("diffsleuth.server") / "static"
 # Only these files are served from the package (no path from the request reaches the file system).
@@ -58,7 +59,7 @@ def coverage_html(metrics_path: Path | None) -> str:
         rates = json.loads(metrics_path.read_text(encoding="utf-8"))["verdict_rates"]
         spec, classes = rates["degradations"][0], rates.get("classes", {})
         rows = [(name[:-len(spec) - 1], classes.get(name, "real" if name.startswith("camera") else "generated"),
-                 int(block["generated"]["k"]), int(block["generated"]["n"]))
+                 int(block["generated"]["k"]), int(block[OUTSIDE_DOMAIN]["k"]), int(block["generated"]["n"]))
                 for name, block in rates["sets"].items() if name.endswith("/" + spec)]
     except (OSError, AttributeError, ValueError, KeyError, IndexError, TypeError):
         return ""
@@ -67,17 +68,19 @@ def coverage_html(metrics_path: Path | None) -> str:
     quality = spec.replace("jpeg:", "JPEG quality ") if spec.startswith("jpeg:") else spec
     cells = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{html.escape(kind)}</td>"
-        f"<td>{k} of {n} ({k / n:.0%})</td></tr>" for name, kind, k, n in rows if n)
+        f"<td>{k} of {n} ({k / n:.0%})</td><td>{out}</td></tr>" for name, kind, k, out, n in rows if n)
     return ("<h3 id=\"coverage-title\">Measured on images it never trained on</h3>"
             "<p>How often this detector said <strong>generated</strong>, at its threshold, on each set "
             f"(every file re-encoded as {html.escape(quality)}). For generated images that is the share "
             "caught; for real photos, the share wrongly flagged. A low catch rate means the detector does "
             "not cover that kind of generator: its <strong>no trace found</strong> says nothing there. Where "
             "real photos of a kind (faces, say) are flagged about as often as generated ones are caught, its "
-            "<strong>generated</strong> says nothing about that kind either.</p>"
+            "<strong>generated</strong> says nothing about that kind either; where most are "
+            "<strong>outside the detector's domain</strong>, it does not judge that kind at all.</p>"
             "<div class=\"table-scroll\"><table class=\"coverage\" aria-labelledby=\"coverage-title\">"
             "<thead><tr><th scope=\"col\">images</th><th scope=\"col\">class</th>"
-            f"<th scope=\"col\">said generated</th></tr></thead><tbody>{cells}</tbody></table></div>")
+            "<th scope=\"col\">said generated</th><th scope=\"col\">outside its domain</th></tr></thead>"
+            f"<tbody>{cells}</tbody></table></div>")
 
 
 def pages_router(max_files: int, max_file_bytes: int, model_card: Path | None = None,

@@ -16,8 +16,14 @@ stays ``generated``, see :mod:`diffsleuth.verdict`):
   anything the detector trained on. Distance alone misses these (CLIP places a chart or uniform
   noise about as far from the training photos as an unusual web photo).
 
-The centroids are stored in ``model.safetensors`` (buffers ``domain_centroids`` and
-``domain_outside``); ``max_distance`` and ``min_margin`` are quantiles over real photos that are
+A fourth check is of another kind: **close-up faces** (``face_centroids``, centroids of aligned
+face crops of both classes: a region, not a class). On them the default's scores rank real faces
+above generated ones, so there a ``generated`` verdict is not evidence either: an image whose
+crops are nearer to the face centroids than to the training reference by more than
+``max_face_margin`` is outside the domain *whatever its score* (``outside_overrides``).
+
+The centroids are stored in ``model.safetensors`` (buffers ``domain_centroids``,
+``domain_outside`` and ``domain_faces``); ``max_distance`` and ``min_margin`` are quantiles over real photos that are
 in neither reference and are not used to check the result (:func:`build_reference`). The
 functions on tensors import torch when called; :func:`nearest_distances` is the numpy form the
 torch-free runtime checks with.
@@ -46,6 +52,9 @@ class DomainConfig:
     outside_centroids: int = field(default=0, metadata={"range": (0, 4096)})
     """Centroids of non-photo embeddings (0: no photo-margin check)."""
     min_margin: float = field(default=-2.0, metadata={"range": (-2.0, 2.0)})
+    face_centroids: int = field(default=0, metadata={"range": (0, 4096)})
+    """Centroids of close-up faces (0: no face check); needs ``centroids``."""
+    max_face_margin: float = field(default=2.0, metadata={"range": (-2.0, 2.0)})
     reference: dict | None = None  # how the centroids and thresholds were made; never read to score
 
 
@@ -116,6 +125,24 @@ def outside_reason(size: tuple[int, int], distance: float | None, config: Domain
     return None
 
 
+def face_reason(face_margin: float | None, config: DomainConfig) -> str | None:
+    """Why an image whose crops are ``face_margin`` nearer to close-up faces than to the training
+    reference cannot be judged, whatever its score; None when it can (or there is no face check)."""
+    if face_margin is None or face_margin <= config.max_face_margin:
+        return None
+    return (f"a close-up face (face margin {face_margin:.3f} > {config.max_face_margin:.3f}): on such faces "
+            "this detector calls real photos generated as often as generated ones")
+
+
+def domain_verdict(size: tuple[int, int], distance: float | None, margin: float | None, face: float | None,
+                   domain: DomainConfig) -> dict:
+    """``outside_domain`` (why, or None) and, for a close-up face, ``outside_overrides``."""
+    reason = face_reason(face, domain)
+    if reason is not None:
+        return {"outside_domain": reason, "outside_overrides": True}
+    return {"outside_domain": outside_reason(size, distance, domain, margin)}
+
+
 def build_reference(reference: list[torch.Tensor], held_out: list[torch.Tensor], k: int, quantile: float,
                     seed: int = 0) -> tuple[np.ndarray, float]:
     """Centroids of the ``reference`` crops' encoder features (one tensor per image) and the
@@ -137,3 +164,14 @@ def build_outside(outside: list[torch.Tensor], centroids: np.ndarray, held_out: 
     outside_centroids = kmeans_centroids(torch.cat(outside).numpy(), k, seed)
     margins = image_margins(held_out, torch.from_numpy(centroids), torch.from_numpy(outside_centroids))
     return outside_centroids, float(np.quantile(margins, 1.0 - quantile))
+
+
+def build_faces(faces: list[torch.Tensor], centroids: np.ndarray, held_out: list[torch.Tensor], k: int,
+                quantile: float, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Centroids of close-up face crops (both classes) and the ``max_face_margin`` that keeps
+    ``quantile`` of the ``held_out`` real photos inside the domain."""
+    import torch
+
+    face_centroids = kmeans_centroids(torch.cat(faces).numpy(), k, seed)
+    margins = image_margins(held_out, torch.from_numpy(face_centroids), torch.from_numpy(centroids))
+    return face_centroids, float(np.quantile(margins, quantile))

@@ -24,7 +24,7 @@ from diffsleuth.devices import resolve_device
 from diffsleuth.detectors.image_grid import cover_views, fixed_views, limit_scale  # noqa: F401
 from diffsleuth.detectors.judge.config import (  # noqa: F401  (re-exported: their old import path)
     CROP_BATCH, ENCODERS, FRONT_ENDS, FROZEN_ENCODERS, JudgeConfig, JudgeCrops, encoder_defaults)
-from diffsleuth.detectors.judge.domain import DomainConfig, nearest_distance, outside_reason  # noqa: F401
+from diffsleuth.detectors.judge.domain import DomainConfig, domain_verdict, nearest_distance, outside_reason  # noqa: F401
 from diffsleuth.io.preprocess import geometry  # noqa: F401
 from diffsleuth.io.preprocess_torch import normalize, to_tensor
 
@@ -192,10 +192,13 @@ class JudgeDetector(JudgeCrops, Detector):
             torch.randn(config.num_traces, config.embed_dim, generator=generator), dim=1))
         centroids = config.domain.centroids if config.domain is not None else 0
         outside = config.domain.outside_centroids if centroids else 0
+        faces = config.domain.face_centroids if centroids else 0
         self.register_buffer("domain_centroids", torch.zeros(centroids, dim) if centroids else None)
         self.register_buffer("domain_outside", torch.zeros(outside, dim) if outside else None)
+        self.register_buffer("domain_faces", torch.zeros(faces, dim) if faces else None)
         if centroids:
-            self.extra_columns = (*type(self).extra_columns, "domain_distance", *(("photo_margin",) if outside else ()))
+            self.extra_columns = (*type(self).extra_columns, "domain_distance", *(("photo_margin",) if outside else ()),
+                                  *(("face_margin",) if faces else ()))
 
     @classmethod
     def from_config(cls, config: JudgeConfig, device: torch.device | str = "cpu",
@@ -250,7 +253,7 @@ class JudgeDetector(JudgeCrops, Detector):
             mean = sims.mean()
             probs.append(torch.sigmoid(self.calibrate(mean)))
             extra: dict = {"trace_similarity": round(float(mean), 6)}
-            distance = margin = None
+            distance = margin = face = None
             if self.domain_centroids is not None:
                 near = nearest_distance(feats, self.domain_centroids)
                 distance = float(near.mean())
@@ -258,8 +261,11 @@ class JudgeDetector(JudgeCrops, Detector):
                 if self.domain_outside is not None:
                     margin = float((nearest_distance(feats, self.domain_outside) - near).mean())
                     extra["photo_margin"] = round(margin, 6)
+                if self.domain_faces is not None:
+                    face = float((near - nearest_distance(feats, self.domain_faces)).mean())
+                    extra["face_margin"] = round(face, 6)
             if self.config.domain is not None:
-                extra["outside_domain"] = outside_reason(size, distance, self.config.domain, margin)
+                extra.update(domain_verdict(size, distance, margin, face, self.config.domain))
             rows, cols = shapes[index] if shapes is not None else (1, len(sims))
             if self.config.grid == "cover" or rows * cols > 1:  # one centre crop maps nothing
                 extra["score_map"] = torch.sigmoid(self.calibrate(sims)).reshape(rows, cols).numpy()

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from diffsleuth.detectors.judge.config import JudgeConfig, JudgeCrops
-from diffsleuth.detectors.judge.domain import nearest_distances, outside_reason, unit_rows
+from diffsleuth.detectors.judge.domain import domain_verdict, nearest_distances, unit_rows
 from diffsleuth.detectors.predicting import (CONFIG_NAME, WEIGHTS_NAME, Predictor, WeightsError, read_meta,
                                              read_safetensors_numpy)
 from diffsleuth.devices import cpu_threads
@@ -68,6 +68,8 @@ def expected_shapes(config: JudgeConfig, dim: int) -> dict[str, tuple[int, ...]]
         shapes["domain_centroids"] = (domain.centroids, dim)
         if domain.outside_centroids:
             shapes["domain_outside"] = (domain.outside_centroids, dim)
+        if domain.face_centroids:
+            shapes["domain_faces"] = (domain.face_centroids, dim)
     return shapes
 
 
@@ -108,9 +110,11 @@ class JudgeRuntime(JudgeCrops, Predictor):
         self.unit_traces = unit_rows(self.traces)
         self.domain_centroids = w.get("domain_centroids")
         self.domain_outside = w.get("domain_outside")
+        self.domain_faces = w.get("domain_faces")
         columns: tuple[str, ...] = ("trace_similarity",)
         if self.domain_centroids is not None:
-            columns += ("domain_distance", *(("photo_margin",) if self.domain_outside is not None else ()))
+            columns += ("domain_distance", *(("photo_margin",) if self.domain_outside is not None else ()),
+                        *(("face_margin",) if self.domain_faces is not None else ()))
         self.extra_columns = columns
 
     @classmethod
@@ -174,7 +178,7 @@ class JudgeRuntime(JudgeCrops, Predictor):
             mean = sims.mean(dtype=np.float32)
             probs.append(sigmoid(self.calibrate(mean)))
             extra: dict = {"trace_similarity": round(float(mean), 6)}
-            distance = margin = None
+            distance = margin = face = None
             if self.domain_centroids is not None:
                 near = nearest_distances(feats, self.domain_centroids)
                 distance = float(near.mean(dtype=np.float32))
@@ -182,8 +186,11 @@ class JudgeRuntime(JudgeCrops, Predictor):
                 if self.domain_outside is not None:
                     margin = float((nearest_distances(feats, self.domain_outside) - near).mean(dtype=np.float32))
                     extra["photo_margin"] = round(margin, 6)
+                if self.domain_faces is not None:
+                    face = float((near - nearest_distances(feats, self.domain_faces)).mean(dtype=np.float32))
+                    extra["face_margin"] = round(face, 6)
             if self.config.domain is not None:
-                extra["outside_domain"] = outside_reason(size, distance, self.config.domain, margin)
+                extra.update(domain_verdict(size, distance, margin, face, self.config.domain))
             rows, cols = shapes[index] if shapes is not None else (1, len(sims))
             if self.config.grid == "cover" or rows * cols > 1:  # one centre crop maps nothing
                 extra["score_map"] = sigmoid(self.calibrate(sims)).reshape(rows, cols)
