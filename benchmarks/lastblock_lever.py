@@ -64,8 +64,10 @@ def kv_key(precision: str) -> dict:
     return {**KV_KEY, "precision": precision}
 
 
-def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads: int, precision: str) -> None:
-    """Cache (views, 1 + 2 x 197, 768) per image: the class token entering the last block, its keys, values."""
+def cache_activations(model: JudgeConfig, roots: Sequence[str], cache: FeatureCache, threads: int,
+                      dtype: torch.dtype, activations) -> None:
+    """Per image not yet in ``cache`` (JPEG q90, the crops the detector reads, the pinned tower in
+    ``dtype``): store ``activations(tower, pixels)``, a dict of tensors."""
     from diffsleuth.backbones.clip_torch import load_clip_tower
     from diffsleuth.detectors.judge.model import JudgeDetector
     from diffsleuth.io.decode import decode_image
@@ -73,15 +75,12 @@ def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads:
     from diffsleuth.io.preprocess import normalize, to_tensor
 
     torch.set_num_threads(threads)
-    dtype = EXTRACT_DTYPES[precision]
-    tower = load_clip_tower(model.backbone, model.backbone_sha256).to(dtype)
-    block = tower.blocks[LAST]
+    tower = load_clip_tower(model.backbone, model.backbone_sha256).to(dtype).eval()
 
     class _NoEncoder(nn.Module):
         out_dim = 512
 
     judge = JudgeDetector(model, encoder=_NoEncoder())
-    cache = FeatureCache(cache_root, kv_key(precision))
     degrade = parse_degradation("jpeg:90")
     samples = [s for root in roots for s in gather_samples([root], HoldOut())]
     started = time.monotonic()
@@ -92,17 +91,26 @@ def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads:
         views, _, _ = judge.views(degrade(decode_image(sample.record.path)))
         x = normalize(torch.stack([to_tensor(v) for v in views]), model.preprocess).to(dtype)
         with torch.no_grad():
-            h = tower.tokens(x, LAST)
-            normed = block.layer_norm1(h)
-            kv = torch.cat([h[:, :1], block.self_attn.k_proj(normed), block.self_attn.v_proj(normed)], 1)
-        cache.put(key, {"kv": kv.to(torch.float16)})
+            cache.put(key, activations(tower, x))
         if n % 200 == 0:
             print(f"{n}/{len(samples)} images, {time.monotonic() - started:.0f} s", flush=True)
 
 
-def load_kv_set(roots: Sequence[str], cache_root: Path, precision: str) -> FeatureSet:
-    """The protocol's FeatureSet, each image's 'features' its cached keys/values (in load_feature_set's order)."""
-    cache = FeatureCache(cache_root, kv_key(precision))
+def extract(model: JudgeConfig, roots: Sequence[str], cache_root: Path, threads: int, precision: str) -> None:
+    """Cache (views, 1 + 2 x 197, 768) per image: the class token entering the last block, its keys, values."""
+
+    def keys_values(tower, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        block = tower.blocks[LAST]
+        h = tower.tokens(x, LAST)
+        normed = block.layer_norm1(h)
+        kv = torch.cat([h[:, :1], block.self_attn.k_proj(normed), block.self_attn.v_proj(normed)], 1)
+        return {"kv": kv.to(torch.float16)}
+    cache_activations(model, roots, FeatureCache(cache_root, kv_key(precision)), threads, EXTRACT_DTYPES[precision],
+                      keys_values)
+
+
+def load_cached_set(roots: Sequence[str], cache: FeatureCache, read) -> FeatureSet:
+    """The protocol's FeatureSet (in load_feature_set's order), each image's features ``read(entry)``."""
     feats, labels, sources, generators, skipped = [], [], [], [], 0
     for root in roots:
         makes = camera_makes(root)
@@ -112,11 +120,16 @@ def load_kv_set(roots: Sequence[str], cache_root: Path, precision: str) -> Featu
             if entry is None:
                 skipped += 1
                 continue
-            feats.append(entry["kv"])
+            feats.append(read(entry))
             labels.append(record.label)
             sources.append(protocol_source(record.label, record.family, record.generator, root, makes, record.path.name))
             generators.append(record.generator or sources[-1])
     return FeatureSet(feats, np.array(labels), np.array(sources), np.array(generators), skipped)
+
+
+def load_kv_set(roots: Sequence[str], cache_root: Path, precision: str) -> FeatureSet:
+    """Each image's cached keys/values as its 'features'."""
+    return load_cached_set(roots, FeatureCache(cache_root, kv_key(precision)), lambda entry: entry["kv"])
 
 
 class QueryBlock(nn.Module):
@@ -208,24 +221,29 @@ def run(data: FeatureSet, trainer, sources: tuple[str, ...], fakes: Sequence[str
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def grid_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every cached-activation lever shares: data, model config, grid, training, output."""
     parser.add_argument("--data", default=DATA)
-    parser.add_argument("--kv-cache", required=True, type=Path)
     parser.add_argument("--config", default="src/diffsleuth/configs/judge-clip-default.json")
-    parser.add_argument("--extract", action="store_true", help="fill --kv-cache, then stop")
+    parser.add_argument("--extract", action="store_true", help="fill the cache, then stop")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--variants", default="frozen,lastblock")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--block-lr", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fakes", default=",".join(FAKES), help="held-out families of the grid (all 11 by default)")
     parser.add_argument("--reals", default=",".join(REALS), help="held-out real sources of the grid (all 8 by default)")
+    parser.add_argument("--train", choices=sorted(TRAIN_SETS), default="v2",
+                        help="training sources: v2's, or v2's plus the camera originals (the protocol's best frozen recipe)")
+    return parser
+
+
+def main() -> None:
+    parser = grid_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--kv-cache", required=True, type=Path)
+    parser.add_argument("--variants", default="frozen,lastblock")
+    parser.add_argument("--block-lr", type=float, default=1e-5)
     parser.add_argument("--lastblock-epochs", type=int, help="epochs of the lever (default: --epochs)")
     parser.add_argument("--extract-precision", choices=sorted(EXTRACT_DTYPES), default="bf16",
                         help="the tower precision of the cached keys/values (fp32 on CPUs without bf16 kernels)")
-    parser.add_argument("--train", choices=sorted(TRAIN_SETS), default="v2",
-                        help="training sources: v2's, or v2's plus the camera originals (the protocol's best frozen recipe)")
     args = parser.parse_args()
     model = config_from_dict(JudgeConfig, load_json(args.config)["model"])
     roots = [str(Path(args.data) / r) for r in ROOTS]
