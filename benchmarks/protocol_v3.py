@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from diffsleuth.detectors.judge.model import JudgeConfig
+from diffsleuth.evaluation.card import store_card_metrics
 from diffsleuth.evaluation.feature_heads import HeadOptions, trainer_for
 from diffsleuth.evaluation.loo_protocol import (Fold, FeatureSet, cached_keys, flagged_at_calibration,
                                                  grid_folds, load_feature_set, run_fold, summarise)
@@ -206,10 +207,8 @@ def store_in_card(folder: Path, results: dict, variant: str | None, degradation:
         raise SystemExit(f"--card-variant {variant!r} is not in --out (it holds: {', '.join(results)})")
     command = ("PYTHONPATH=src python benchmarks/protocol_v3.py --cache DIR --out protocol.json "
                f"--degradation {degradation} --variants {variant}")
-    path = folder / "card_metrics.json"
-    metrics = json.loads(path.read_text(encoding="utf-8"))
-    metrics["protocol"] = {**card_summary(results[variant], variant, command), "degradation": degradation}
-    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    path = store_card_metrics(folder, "protocol",
+                              {**card_summary(results[variant], variant, command), "degradation": degradation})
     print(f"stored {variant} under protocol in {path}")
 
 

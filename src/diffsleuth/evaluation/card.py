@@ -65,6 +65,15 @@ class HistogramBaseline:
         return self.model.predict_proba(np.stack([colour_histogram(img) for img in images]))[:, 1]
 
 
+def store_card_metrics(folder: Path, key: str, value: dict) -> Path:
+    """Put ``value`` under ``key`` in ``folder``'s existing card_metrics.json (the card renders it)."""
+    path = folder / "card_metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics[key] = value
+    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def training_config(folder: Path | None) -> dict:
     """The logged training config of a detector folder (empty when it has none)."""
     if folder is None or not (folder / TRAINING_LOG).is_file():

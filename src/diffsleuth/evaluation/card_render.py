@@ -98,8 +98,7 @@ def verdict_rates_block(rates: dict) -> str:
              "| set | class | " + " | ".join(VERDICT_NAMES) + " | why outside |",
              "|---|---|" + "---|" * (len(VERDICT_NAMES) + 1)]
     classes, reasons = rates.get("classes", {}), rates.get("outside_reasons", {})
-    rows = [(name, classes.get(name, "real" if name.startswith("camera") else "generated"), block)
-            for name, block in rates["sets"].items()]
+    rows = [(name, classes.get(name, ""), block) for name, block in rates["sets"].items()]
     rows += [(f"synthetic: {k}", "not a photo", b) for k, b in rates["synthetic"].items()]
     for name, kind, block in rows:
         why = ", ".join(f"{reason}: {count}" for reason, count in reasons.get(name, {}).items())

@@ -28,14 +28,14 @@ from pathlib import Path
 from PIL import Image
 
 from diffsleuth.detectors.base import uncertain_threshold
-from diffsleuth.detectors.judge.face_check import sha256_of
 from diffsleuth.detectors.judge.head_training import cached_features
 from diffsleuth.detectors.judge.model import JudgeDetector
 from diffsleuth.detectors.registry import load_detector, resolve_detector_path
-from diffsleuth.evaluation.card import training_config, verdict_rates
+from diffsleuth.evaluation.card import store_card_metrics, training_config, verdict_rates
 from diffsleuth.evaluation.heldout import HoldOut, Sample, gather_samples
 from diffsleuth.evaluation.loo_protocol import camera_makes, protocol_source
 from diffsleuth.evaluation.out_of_domain import outside_inputs
+from diffsleuth.features.cache import content_hash
 from diffsleuth.verdict import OUTSIDE_DOMAIN, decide_detector_verdict
 
 
@@ -86,8 +86,9 @@ def split_reference(sets: dict[str, list[Sample]], reference: set[str]) -> dict[
     their own, so the rest measure the check on faces it never saw."""
     out: dict[str, list[Sample]] = {}
     for name, samples in sets.items():
-        inside = [s for s in samples if sha256_of(s.record.path) in reference]
-        rest = [s for s in samples if s not in inside]
+        built = [content_hash(s.record.path) in reference for s in samples]
+        inside = [s for s, b in zip(samples, built) if b]
+        rest = [s for s, b in zip(samples, built) if not b]
         if rest:
             out[name + (" (not in the face reference)" if inside else "")] = rest
         if inside:
@@ -152,10 +153,7 @@ def main() -> None:
          *(f"--beyond {b}" for b in args.beyond)])
     print(json.dumps(report, indent=2))
     if args.write_card_metrics:
-        path = folder / "card_metrics.json"
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-        metrics["verdict_rates"] = report
-        path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        store_card_metrics(folder, "verdict_rates", report)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def coverage_html(metrics_path: Path | None) -> str:
     try:
         rates = json.loads(metrics_path.read_text(encoding="utf-8"))["verdict_rates"]
         spec, classes = rates["degradations"][0], rates.get("classes", {})
-        rows = [(name[:-len(spec) - 1], classes.get(name, "real" if name.startswith("camera") else "generated"),
+        rows = [(name[:-len(spec) - 1], classes.get(name, ""),
                  int(block["generated"]["k"]), int(block[OUTSIDE_DOMAIN]["k"]), int(block["generated"]["n"]))
                 for name, block in rates["sets"].items() if name.endswith("/" + spec)]
     except (OSError, AttributeError, ValueError, KeyError, IndexError, TypeError):

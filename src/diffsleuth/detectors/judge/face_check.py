@@ -19,7 +19,6 @@ tell the faces that built the check from those that did not); ``model.safetensor
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,10 +46,6 @@ def reference_half(samples: Sequence[Sample], seed: int) -> list[Sample]:
     return picked
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def add_face_check(model: JudgeDetector, faces: Sequence[Sample], calibration: Sequence[Sample], cache: Path,
                    k: int = 8, quantile: float = 0.99, seed: int = 0) -> None:
     """Set ``domain_faces`` and the ``domain`` config's face fields of ``model`` (which has a domain reference)."""
@@ -70,7 +65,7 @@ def add_face_check(model: JudgeDetector, faces: Sequence[Sample], calibration: S
         "max_face_margin": f"keeps {quantile} of the calibration photos inside ({len(calibration)} images x "
                            f"{len(DEGRADATIONS)} degradations; mean over crops of (distance to the training reference) "
                            "- (distance to the face centroids))",
-        "sha256": sorted(sha256_of(s.record.path) for s in faces)}}
+        "sha256": sorted(content_hash(s.record.path) for s in faces)}}
     model.domain_faces = torch.from_numpy(centroids)
 
 
